@@ -1,0 +1,1 @@
+"""Divertor: the application that wires the stages (CLI, daemon, configuration)."""
