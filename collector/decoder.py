@@ -74,7 +74,7 @@ class Decoder:
         v5: list[tuple[float, int, str, bytes]] = []
         sf: list[tuple[float, int, str, bytes]] = []
         for arrival, frame, exporter, payload in zip(
-            batch.arrival, batch.frame, batch.exporter, batch.payload
+            batch.arrival, batch.frame, batch.exporter, batch.payload, strict=True
         ):
             head = payload[:4]
             if head[:2] == b"\x00\x05" or head[:2] == b"\x00\x09" or head[:2] == b"\x00\x0a":
@@ -96,7 +96,10 @@ class Decoder:
             self._expire(max(batch.arrival))
         parts: list[FlowBatch] = []
         orders: list[npt.NDArray[np.int64]] = []
-        for decoded in (_safe(netflow5.decode, v5, self.stats), _safe(sflow.decode, sf, self.stats)):
+        for decoded in (
+            _safe(netflow5.decode, v5, self.stats),
+            _safe(sflow.decode, sf, self.stats),
+        ):
             if len(decoded):
                 parts.append(decoded)
                 orders.append(decoded.frame * (MAX_SETS_PER_DATAGRAM + 1))
@@ -142,6 +145,8 @@ class Decoder:
                 if ver == 9 and set_id == 9 and end - off >= netflow9.HEADER_LEN:
                     break  # a second v9 message in the same datagram
                 if set_len < 4 or off + set_len > end:
+                    if not any(payload[off:end]):
+                        break  # zero padding at the end (Cisco ACI, PAN-OS)
                     self.stats.error(exporter, reasons.BAD_LENGTH)
                     return
                 body = payload[off + 4 : off + set_len]
@@ -224,16 +229,15 @@ class Decoder:
         if conflict:
             self.stats.error(key.exporter, reasons.TEMPLATE_CONFLICT)
         for p in self.pending.take(key):
-            self._data(key, p.body, p.arrival, p.frame, p.export_time, p.sysuptime_ms,
-                       p.order, late=True)
+            self._data(
+                key, p.body, p.arrival, p.frame, p.export_time, p.sysuptime_ms, p.order, late=True
+            )
 
     def _expire(self, now: float) -> None:
         for item in self.pending.expire(now):
             self.stats.error(item.key.exporter, reasons.PENDING_EXPIRED)
 
-    def _finish_groups(
-        self, parts: list[FlowBatch], orders: list[npt.NDArray[np.int64]]
-    ) -> None:
+    def _finish_groups(self, parts: list[FlowBatch], orders: list[npt.NDArray[np.int64]]) -> None:
         groups = sorted(self._groups.values(), key=lambda g: not g.template.options)
         self._groups = {}
         for g in groups:
@@ -247,8 +251,13 @@ class Decoder:
                     st.options_records += fields.n
                     self._options(g.key, options_values(fields))
                     continue
-                b = flow_batch(g, fields, counts, self.sampling,
-                               self.sys_init_ms.get((exporter, g.key.domain_id)))
+                b = flow_batch(
+                    g,
+                    fields,
+                    counts,
+                    self.sampling,
+                    self.sys_init_ms.get((exporter, g.key.domain_id)),
+                )
                 st.records += len(b)
             except Exception:  # a template/data combination numpy cannot read
                 log.exception("decoding template %s", g.key)

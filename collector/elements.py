@@ -49,7 +49,6 @@ SAMPLING_PACKET_INTERVAL = 305
 SAMPLING_PACKET_SPACE = 306
 SAMPLING_SIZE = 309
 SAMPLING_POPULATION = 310
-SAMPLING_PROBABILITY = 311
 
 SAMPLING_ELEMENTS = frozenset(
     {
@@ -69,9 +68,7 @@ SAMPLING_ELEMENTS = frozenset(
 
 #: elements that make a record a flow record (a data record with none of them, such as an
 #: interface-name table sent as ordinary data, is not counted as traffic)
-FLOW_KEY_ELEMENTS = frozenset(
-    {SRC_V4, DST_V4, SRC_V6, DST_V6, 1, 2, 85, 86, 23, 24}
-)
+FLOW_KEY_ELEMENTS = frozenset({SRC_V4, DST_V4, SRC_V6, DST_V6, 1, 2, 85, 86, 23, 24})
 
 #: elements whose value we read from options data
 OPTION_ELEMENTS = SAMPLING_ELEMENTS | {SYSTEM_INIT_TIME_MS}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -104,10 +104,7 @@ class FlowBatch:
         if len(batches) == 1:
             return batches[0]
         return cls(
-            **{
-                name: np.concatenate([getattr(b, name) for b in batches])
-                for name in COLUMNS
-            }
+            **{name: np.concatenate([getattr(b, name) for b in batches]) for name in COLUMNS}
         )
 
     def take(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> FlowBatch:
@@ -147,7 +144,7 @@ def v4_to_pair(
 
 
 def v6_bytes_to_pair(
-    raw: npt.NDArray[np.uint8],
+    raw: npt.NDArray[Any],
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     """(n, 16) uint8 array of IPv6 addresses in network order -> (hi, lo) columns."""
     be = np.ascontiguousarray(raw).view(">u8").reshape(-1, 2)

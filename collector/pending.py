@@ -25,8 +25,13 @@ class PendingSet(NamedTuple):
 class PendingSets:
     """FIFO of held data sets with a global cap, a per-exporter cap and a maximum age."""
 
-    def __init__(self, max_sets: int = 8192, max_per_exporter: int = 1024,
-                 max_bytes: int = 16 << 20, max_age: float = 120.0) -> None:
+    def __init__(
+        self,
+        max_sets: int = 8192,
+        max_per_exporter: int = 1024,
+        max_bytes: int = 16 << 20,
+        max_age: float = 120.0,
+    ) -> None:
         self.max_sets = max_sets
         self.max_per_exporter = max_per_exporter
         self.max_bytes = max_bytes

@@ -111,7 +111,9 @@ def _decode_fixed(group: SetGroup) -> tuple[Fields, npt.NDArray[np.int64]]:
     rl = tpl.record_length
     assert tpl.dtype is not None
     counts = np.fromiter((len(b) // rl for b in group.bodies), dtype=np.int64)
-    parts = [b if len(b) == c * rl else b[: c * rl] for b, c in zip(group.bodies, counts)]
+    parts = [
+        b if len(b) == c * rl else b[: c * rl] for b, c in zip(group.bodies, counts, strict=True)
+    ]
     recs = np.frombuffer(b"".join(parts), dtype=tpl.dtype)
     out = Fields(tpl, len(recs))
     for e, i in tpl.index.items():
@@ -194,7 +196,7 @@ def flow_batch(
     """Columns of the flow records of one group."""
     n = fields.n
     key = group.key
-    cols: dict[str, np.ndarray] = {}  # type: ignore[type-arg]
+    cols: dict[str, np.ndarray] = {}
     cols["arrival"] = np.repeat(np.asarray(group.arrival, dtype=np.float64), counts)
     cols["frame"] = np.repeat(np.asarray(group.frame, dtype=np.int64), counts)
     ehi, elo = addr_to_pair(key.exporter)
@@ -223,7 +225,7 @@ def flow_batch(
     return batch
 
 
-def _addresses(fields: Fields, cols: dict[str, np.ndarray]) -> None:  # type: ignore[type-arg]
+def _addresses(fields: Fields, cols: dict[str, np.ndarray]) -> None:
     version = fields.uint(ie.IP_VERSION)
     for side, e4, e6 in (("src", ie.SRC_V4, ie.SRC_V6), ("dst", ie.DST_V4, ie.DST_V6)):
         v4 = fields.uint(e4)
@@ -250,12 +252,10 @@ def _addresses(fields: Fields, cols: dict[str, np.ndarray]) -> None:  # type: ig
         if side == "dst" or "ip_version" not in cols:
             cols["ip_version"] = ipv
     if version is not None:
-        cols["ip_version"] = np.where((version == 4) | (version == 6), version, 0).astype(
-            np.uint8
-        )
+        cols["ip_version"] = np.where((version == 4) | (version == 6), version, 0).astype(np.uint8)
 
 
-def _fragments(fields: Fields, cols: dict[str, np.ndarray]) -> None:  # type: ignore[type-arg]
+def _fragments(fields: Fields, cols: dict[str, np.ndarray]) -> None:
     frag = np.zeros(fields.n, dtype=bool)
     flags = fields.uint(ie.FRAGMENT_FLAGS)
     if flags is not None:

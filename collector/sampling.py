@@ -25,14 +25,16 @@ def rate_from_options(values: Mapping[int, int]) -> int | None:
     interval = values.get(ie.SAMPLING_INTERVAL) or values.get(ie.SAMPLER_RANDOM_INTERVAL)
     if interval:
         return int(interval)
+    size = values.get(ie.SAMPLING_SIZE)
+    population = values.get(ie.SAMPLING_POPULATION)
     pkt_interval = values.get(ie.SAMPLING_PACKET_INTERVAL)
+    # PSAMP (RFC 5476): random n-out-of-N (selector algorithm 3) is size and population;
+    # systematic count-based (1) is packet interval and space
+    if size and population and (values.get(ie.SELECTOR_ALGORITHM) == 3 or not pkt_interval):
+        return max(1, round(population / size))
     if pkt_interval:
         space = values.get(ie.SAMPLING_PACKET_SPACE, 0)
         return max(1, round((pkt_interval + space) / pkt_interval))
-    size = values.get(ie.SAMPLING_SIZE)
-    population = values.get(ie.SAMPLING_POPULATION)
-    if size and population:
-        return max(1, round(population / size))
     if ie.SAMPLING_INTERVAL in values or ie.SAMPLER_RANDOM_INTERVAL in values:
         return 1  # an explicit 0: unsampled
     return None

@@ -38,7 +38,7 @@ class Template:
     # derived once
     fixed: bool = field(init=False)
     record_length: int = field(init=False)  # minimum length when variable
-    dtype: np.dtype | None = field(init=False)  # type: ignore[type-arg]
+    dtype: np.dtype | None = field(init=False)
     # element id -> index of its first occurrence (enterprise 0, non-scope for v9 options)
     index: dict[int, int] = field(init=False)
 
@@ -85,7 +85,7 @@ def _v9_scope(f: Field) -> bool:
     return f.enterprise == V9_SCOPE_ENTERPRISE
 
 
-def _build_dtype(fields: tuple[Field, ...], index: dict[int, int]) -> np.dtype:  # type: ignore[type-arg]
+def _build_dtype(fields: tuple[Field, ...], index: dict[int, int]) -> np.dtype:
     """A structured dtype over the record: the used elements as big-endian integers or byte
     arrays, everything else as opaque padding (numpy skips it with ``offsets``)."""
     names: list[str] = []

@@ -20,12 +20,22 @@ from collector.flowbatch import VERSION_SFLOW5, FlowBatch, pair_to_str
 from collector.sources.pcap import read_pcap_batches
 
 INT_COLUMNS = (
-    "frame", "domain_id", "template_id", "src_port", "dst_port", "protocol", "tcp_flags",
-    "input_if", "output_if", "packets", "bytes", "sampling_rate",
+    "frame",
+    "domain_id",
+    "template_id",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "tcp_flags",
+    "input_if",
+    "output_if",
+    "packets",
+    "bytes",
+    "sampling_rate",
 )
 
 
-def _addresses(hi: np.ndarray, lo: np.ndarray) -> list[str]:  # type: ignore[type-arg]
+def _addresses(hi: np.ndarray, lo: np.ndarray) -> list[str]:
     """Text of each address, converting each distinct value once."""
     pairs = np.stack([hi, lo], axis=1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
@@ -62,7 +72,9 @@ def records(batch: FlowBatch) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def decode_file(path: str, config: DecoderConfig | None = None) -> tuple[list[dict[str, Any]], Decoder]:
+def decode_file(
+    path: str, config: DecoderConfig | None = None
+) -> tuple[list[dict[str, Any]], Decoder]:
     """Decode a whole capture (tests and tools); returns the records and the decoder."""
     decoder = Decoder(config)
     out: list[dict[str, Any]] = []

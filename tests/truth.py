@@ -10,8 +10,19 @@ from typing import Any
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "flows" / "captures"
 FLOW_KINDS = ("flow", "sflow_flow")
-EXACT = ("exporter", "src_addr", "dst_addr", "src_port", "dst_port", "protocol", "tcp_flags",
-         "input_if", "output_if", "packets", "bytes")
+EXACT = (
+    "exporter",
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "tcp_flags",
+    "input_if",
+    "output_if",
+    "packets",
+    "bytes",
+)
 TIME_TOLERANCE = 1.01  # v9 export time has 1 s resolution
 
 
@@ -60,31 +71,43 @@ def match(ours: list[dict[str, Any]], truth: list[dict[str, Any]]) -> dict[str, 
         if t["kind"] in FLOW_KINDS:
             key = (t["frame"], (t.get("template_id") or 0) if t["kind"] == "flow" else 0)
             truth_by_key[key].append(t)
-    fields = matched = 0
+    fields = matched = bad_records = 0
     missing: list[int] = []
     mismatches: list[tuple[int, str, Any, Any]] = []
     for key, tlist in truth_by_key.items():
         candidates = by_key.get(key, [])
-        wants = [expected(t) for t in tlist]
+        wants = [t.get("_want") or expected(t) for t in tlist]
         # where we decode more records than tshark in a set (data before its template in
         # the same datagram, records after tshark gave up) pick the best alignment
         shifts = range(max(0, len(candidates) - len(tlist)) + 1)
-        best = max(shifts, key=lambda s: sum(
-            _same(candidates[i + s], w) for i, w in enumerate(wants) if i + s < len(candidates)))
+        best = max(
+            shifts,
+            key=lambda s: sum(
+                _same(candidates[i + s], w) for i, w in enumerate(wants) if i + s < len(candidates)
+            ),
+        )
         for i, want in enumerate(wants):
             fields += len(want)
             if i + best >= len(candidates):
                 missing.append(key[0])
                 continue
             r = candidates[i + best]
+            before = len(mismatches)
             for k, v in want.items():
                 if _field_ok(r.get(k), v, k):
                     matched += 1
                 else:
                     mismatches.append((key[0], k, r.get(k), v))
-    return {"fields": fields, "matched": matched, "missing": missing, "mismatches": mismatches,
-            "truth_records": sum(len(v) for v in truth_by_key.values()),
-            "our_records": len(ours)}
+            bad_records += len(mismatches) > before
+    return {
+        "fields": fields,
+        "matched": matched,
+        "missing": missing,
+        "mismatches": mismatches,
+        "bad_records": bad_records + len(missing),
+        "truth_records": sum(len(v) for v in truth_by_key.values()),
+        "our_records": len(ours),
+    }
 
 
 def _field_ok(got: Any, want: Any, key: str) -> bool:

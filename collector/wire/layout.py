@@ -46,6 +46,6 @@ _NUMPY = {
 }
 
 
-def numpy_dtype(decl: construct.Struct) -> np.dtype:  # type: ignore[type-arg]
+def numpy_dtype(decl: construct.Struct) -> np.dtype:
     """A structured numpy dtype with the same layout as a construct Struct of integers."""
     return np.dtype([(name, fmt[0] + _NUMPY[fmt[1:]]) for name, fmt in _format_fields(decl)])

@@ -104,12 +104,12 @@ def decode(datagrams: Sequence[Datagram], stats: StatsRegistry) -> FlowBatch:
     return _columns(bodies, meta)
 
 
-def _columns(bodies: list[bytes], meta: list[tuple]) -> FlowBatch:  # type: ignore[type-arg]
+def _columns(bodies: list[bytes], meta: list[tuple]) -> FlowBatch:
     recs = np.frombuffer(b"".join(bodies), dtype=RECORD_DTYPE)
     n = len(recs)
     counts = np.fromiter((m[3] for m in meta), dtype=np.int64, count=len(meta))
 
-    def rep(i: int, dtype: str) -> np.ndarray:  # type: ignore[type-arg]
+    def rep(i: int, dtype: str) -> np.ndarray:
         return np.repeat(np.fromiter((m[i] for m in meta), dtype=dtype, count=len(meta)), counts)
 
     b = FlowBatch.empty(n)

@@ -1,0 +1,147 @@
+"""`divertor collect`: the live collector alone (UDP -> decoder), for operation and bench/.
+
+The receive thread only takes datagrams off the sockets into batches and puts them on a
+bounded queue; the main thread decodes. When decoding falls behind, whole batches are
+dropped at the queue and counted (overload is visible, the receive loop never blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.datagram import DatagramBatch
+from collector.decoder import Decoder, DecoderConfig
+from collector.flowbatch import FlowBatch
+from collector.sources.udp import UdpListener, UdpListenerConfig
+
+log = logging.getLogger(__name__)
+
+#: NetFlow (2055), IPFIX (4739) and sFlow (6343), IPv4 and IPv6
+DEFAULT_LISTEN = [f"{host}:{port}" for port in (2055, 4739, 6343) for host in ("0.0.0.0", "[::]")]
+
+
+@dataclass
+class CollectOptions:
+    listen: list[str]
+    rcvbuf: int = 32 << 20
+    queue_batches: int = 16
+    stats_file: str | None = None
+    state_file: str | None = None
+    stats_interval: float = 10.0
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+class Collector:
+    """Listener + decoder. ``start()`` binds, ``run()`` decodes until ``stop()``."""
+
+    def __init__(self, options: CollectOptions) -> None:
+        self.options = options
+        self.decoder = Decoder(options.decoder)
+        self.queue: queue.Queue[DatagramBatch] = queue.Queue(options.queue_batches)
+        self.listener = UdpListener(
+            UdpListenerConfig(listen=options.listen, rcvbuf=options.rcvbuf), self._enqueue
+        )
+        self.stop_event = threading.Event()
+        self.overload_batches = 0
+        self.overload_datagrams = 0
+        self.flow_records = 0  # decoded while running
+        self.flow_records_drained = 0  # decoded after the stop request, from the queue
+        self._thread: threading.Thread | None = None
+
+    def _enqueue(self, batch: DatagramBatch) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            self.overload_batches += 1
+            self.overload_datagrams += len(batch)
+
+    def start(self) -> None:
+        if self.options.state_file and self.decoder.load(self.options.state_file):
+            log.info("restored decoder state from %s", self.options.state_file)
+        self.listener.start()
+        self._thread = threading.Thread(
+            target=self.listener.run, args=(self.stop_event,), name="udp-receive", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "listening on %s (rcvbuf %d)", self.listener.addresses, self.listener.rcvbuf_effective
+        )
+
+    def run(self, on_flows: Any = None) -> None:
+        next_stats = time.monotonic() + self.options.stats_interval
+        while True:
+            try:
+                batch = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.stop_event.is_set():
+                    break
+                continue
+            flows: FlowBatch = self.decoder.decode(batch)
+            self.flow_records += len(flows)
+            if on_flows is not None:
+                on_flows(flows)
+            if time.monotonic() >= next_stats:
+                next_stats += self.options.stats_interval
+                log.info("stats %s", json.dumps(self.summary()))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.listener.stop()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "flow_records": self.flow_records,
+            "flow_records_drained": self.flow_records_drained,
+            "datagrams": self.listener.datagrams,
+            "overload_batches": self.overload_batches,
+            "overload_datagrams": self.overload_datagrams,
+            "kernel_drops": self.listener.kernel_drops(),
+            "rcvbuf_effective": self.listener.rcvbuf_effective,
+            "exporters": self.decoder.stats.as_dict(),
+        }
+
+    def write_outputs(self) -> None:
+        if self.options.state_file:
+            self.decoder.save(self.options.state_file)
+        if self.options.stats_file:
+            tmp = self.options.stats_file + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(self.summary(), fh, indent=1)
+            os.replace(tmp, self.options.stats_file)
+
+
+def run(options: CollectOptions) -> int:
+    collector = Collector(options)
+    collector.start()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        collector.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        collector.run()
+    finally:
+        collector.stop()
+        # decode what the receive thread handed over before it stopped (counted apart:
+        # bench/ measures what is decoded while running, as for the C peers)
+        while not collector.queue.empty():
+            drained = collector.decoder.decode(collector.queue.get_nowait())
+            collector.flow_records_drained += len(drained)
+        collector.write_outputs()
+        log.info(
+            "final %s",
+            json.dumps({k: v for k, v in collector.summary().items() if k != "exporters"}),
+        )
+    return 0
