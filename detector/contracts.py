@@ -7,7 +7,7 @@ incidents, and incidents to the BGP side. Nothing here knows of BGP or sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ class RateFrame:
     hosts: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     NORMAL = "normal"
     OVER = "over"
 
@@ -39,7 +39,8 @@ class Verdict:
     prefix: str
     status: Status
     over_seconds: float = 0.0  # longest run of over bins in the horizon (data seconds)
-    under: bool = True  # every bin of the horizon below the clear level
+    under: bool = True  # every bin of the under window below the clear level
+    recent: bool = False  # some bin of the under window over a threshold
     vector: str | None = None  # udp_flood, amplification, carpet_bombing, ...
     rule: str | None = None  # e.g. "prefix udp.pps > 40k"
     scope: str | None = None  # "prefix", "host" or "carpet"
@@ -58,6 +59,7 @@ class Verdict:
             "prefix": self.prefix,
             "status": self.status.value,
             "over_seconds": self.over_seconds,
+            "under": self.under,
             "vector": self.vector,
             "rule": self.rule,
             "scope": self.scope,
@@ -69,7 +71,7 @@ class Verdict:
         }
 
 
-class State(str, Enum):
+class State(StrEnum):
     NORMAL = "normal"
     SUSPECTED = "suspected"
     DIVERTED = "diverted"

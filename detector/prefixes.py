@@ -9,6 +9,7 @@ addresses, hashed buckets beyond that and for IPv6) for the per-host counters.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,7 +139,7 @@ def _ranges(entries: list[tuple[int, Network]]) -> _Ranges | None:
         return None
     points = sorted({b for _, net in entries for b in (_bounds(net)[0], _bounds(net)[1] + 1)})
     starts, ends, owner = [], [], []
-    for a, b in zip(points[:-1], points[1:], strict=True):
+    for a, b in itertools.pairwise(points):
         best, best_len = -1, -1
         for i, net in entries:
             lo, hi = _bounds(net)

@@ -19,6 +19,7 @@ from collector.flowbatch import FlowBatch
 from detector.classify import Classifier
 from detector.contracts import RateFrame
 from detector.prefixes import PrefixIndex
+from detector.talkers import TopTalkers
 from thresholds.model import CLASSES, METRICS
 
 BPS, PPS, FPS = 0, 1, 2
@@ -45,29 +46,62 @@ class RateStats:
     frames: int = 0
 
 
-@dataclass(slots=True)
 class _Window:
-    delta: npt.NDArray[np.float64]  # (W + 1, ...) difference array, last row a sink
-    base: int = 0  # bin number of row 0
+    """A ring of W bins (plus a sink row) holding a difference array along the bins.
+
+    Logical row j is bin ``base + j``; logical row W is a sink that takes the end marks of
+    records running past the window. Dropping the oldest bin carries its running count into
+    the next one, so a shift costs one row, not the whole window.
+    """
+
+    def __init__(self, shape: tuple[int, ...], bins: int) -> None:
+        self.size = bins + 1
+        self.bins = bins
+        self.delta = np.zeros((self.size, *shape))
+        self.head = 0
+        self.base = 0
+
+    def rows(self, start: int, stop: int) -> npt.NDArray[np.int64]:
+        """Physical rows of logical rows [start, stop)."""
+        return (self.head + np.arange(start, stop)) % self.size
+
+    def add(
+        self,
+        logical: npt.NDArray[np.int64],
+        flat_rest: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+    ) -> None:
+        """delta[logical row, flat index within the row] += values (repeats accumulate)."""
+        per_row = int(np.prod(self.delta.shape[1:]))
+        phys = (self.head + logical) % self.size
+        np.add.at(self.delta.reshape(-1), phys * per_row + flat_rest, values)
 
     def shift(self, k: int) -> npt.NDArray[np.float64]:
-        """Drop k bins from the front; returns the counts of the dropped bins."""
-        w = self.delta.shape[0] - 1
+        """Drop k bins from the front; returns the counts of the dropped bins (at most W)."""
         if k <= 0:
             return self.delta[:0]
-        dropped = np.cumsum(self.delta[: min(k, w)], axis=0)
-        if k >= w:
+        n = min(k, self.bins)
+        dropped = np.cumsum(self.delta[self.rows(0, n)], axis=0)
+        if k >= self.bins:
             self.delta[:] = 0
+            self.head = 0
         else:
-            carry = self.delta[: k + 1].sum(axis=0)
-            self.delta[: w + 1 - k] = self.delta[k:]
-            self.delta[0] = carry
-            self.delta[w + 1 - k :] = 0
+            carry = self.delta[self.rows(0, k + 1)].sum(axis=0)
+            self.delta[self.rows(0, k)] = 0
+            self.head = (self.head + k) % self.size
+            self.delta[self.head] = carry
         self.base += k
         return dropped
 
-    def counts(self) -> npt.NDArray[np.float64]:
-        return np.cumsum(self.delta[:-1], axis=0)
+    def counts(
+        self, start: int, stop: int, index: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Counts of logical bins [start, stop), optionally of some columns (axis 1) only."""
+        d = self.delta if index is None else self.delta[:, index]
+        before = d[self.rows(0, start)].sum(axis=0)
+        out = np.cumsum(d[self.rows(start, stop)], axis=0)
+        out += before
+        return out
 
 
 @dataclass
@@ -80,10 +114,12 @@ class RateKeeper:
     def __post_init__(self) -> None:
         w = self.config.window_bins
         e, c, m = len(self.index.networks), len(CLASSES), len(METRICS)
-        self.prefix = _Window(np.zeros((w + 1, e, c, m)))
-        self.hosts = _Window(np.zeros((w + 1, self.index.rows, len(self.config.host_channels))))
+        self.prefix = _Window((e, c, m), w)
+        self.hosts = _Window((self.index.rows, len(self.config.host_channels)), w)
         self.started = False
         self.newest = 0  # newest bin with data time (by arrival)
+        self.talkers = TopTalkers(e)
+        self.hot: set[int] = set()  # entries over a threshold: their top talkers are kept
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, b: FlowBatch) -> list[RateFrame]:
@@ -110,12 +146,31 @@ class RateKeeper:
             [b.bytes * 8.0 * rate, b.packets * rate, np.ones(len(b))], axis=1
         )  # (n, metrics)
         b0, b1, keep = self._bins(b)
+        packets = values[:, PPS].copy()
         values *= keep[:, None]
         classes = self.classifier.classes(b)
         rec, cls = np.nonzero(classes)
         self._add_prefix(b0[rec], b1[rec], entry[rec], cls, values[rec])
         self._add_hosts(b0, b1, row, classes, values)
+        if self.hot:
+            h = np.isin(entry, list(self.hot))
+            if h.any():
+                self.talkers.add(
+                    entry[h],
+                    b.src_hi[h],
+                    b.src_lo[h],
+                    b.src_port[h],
+                    b.dst_port[h],
+                    packets[h],
+                )
         return frames
+
+    def top_amplification_port(self, entry: int) -> int | None:
+        ports = self.talkers.counts[entry]["src_port"]
+        for port, _ in ports.most_common(3):
+            if self.classifier.amplification[int(port)]:  # type: ignore[call-overload]
+                return int(port)  # type: ignore[call-overload]
+        return None
 
     def _clean_return(self, b: FlowBatch) -> npt.NDArray[np.bool_]:
         out = np.zeros(len(b), dtype=bool)
@@ -153,16 +208,12 @@ class RateKeeper:
         cls: npt.NDArray[np.int64],
         values: npt.NDArray[np.float64],
     ) -> None:
-        d = self.prefix.delta
-        _, e, c, m = d.shape
-        flat = d.reshape(-1, m)
-        cell = entry * c + cls
-        start = b0 * (e * c) + cell
-        stop = (b1 + 1) * (e * c) + cell
-        size = flat.shape[0]
+        _, c, m = self.prefix.delta.shape[1:]
+        cell = (entry * c + cls) * m
+        rows = np.concatenate([b0, b1 + 1])
         for k in range(m):
-            flat[:, k] += np.bincount(start, values[:, k], minlength=size)
-            flat[:, k] -= np.bincount(stop, values[:, k], minlength=size)
+            flat = np.concatenate([cell + k, cell + k])
+            self.prefix.add(rows, flat, np.concatenate([values[:, k], -values[:, k]]))
 
     def _add_hosts(
         self,
@@ -172,17 +223,18 @@ class RateKeeper:
         classes: npt.NDArray[np.bool_],
         values: npt.NDArray[np.float64],
     ) -> None:
-        d = self.hosts.delta
-        rows, channels = d.shape[1], d.shape[2]
-        flat = d.reshape(-1)
+        channels = self.hosts.delta.shape[2]
         for ch, (c, metric) in enumerate(self.config.host_channels):
             sel = np.nonzero(classes[:, c])[0]
             if not len(sel):
                 continue
             v = values[sel, metric]
             cell = row[sel] * channels + ch
-            np.add.at(flat, b0[sel] * (rows * channels) + cell, v)
-            np.add.at(flat, (b1[sel] + 1) * (rows * channels) + cell, -v)
+            self.hosts.add(
+                np.concatenate([b0[sel], b1[sel] + 1]),
+                np.concatenate([cell, cell]),
+                np.concatenate([v, -v]),
+            )
 
     # ------------------------------------------------------------------ time
     def advance(self, now: float) -> list[RateFrame]:
