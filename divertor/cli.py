@@ -7,11 +7,12 @@ import logging
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divertor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("decode", help="decode a capture's flow exports as JSON Lines")
     p.add_argument("file", help="pcap or pcapng capture")
+
     c = sub.add_parser("collect", help="run the UDP flow collector alone")
     c.add_argument(
         "--listen",
@@ -22,10 +23,40 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--stats-file", help="write counters here (JSON) on exit")
     c.add_argument("--state-file", help="template and sampling state, restored and saved")
     c.add_argument("--default-sampling-rate", type=int, default=1)
-    args = parser.parse_args(argv)
+
+    r = sub.add_parser("replay", help="run the whole pipeline on a capture, in dry-run")
+    r.add_argument("capture", help="pcap or pcapng capture of flow exports")
+    r.add_argument("--config", required=True, help="divertor.yaml")
+    r.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        help="keep the clock running this many seconds after the capture ends",
+    )
+
+    t = sub.add_parser("thresholds", help="check or explain a thresholds file")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("check", help="validate a thresholds file")
+    tc.add_argument("file")
+    tshow = tsub.add_parser("show", help="effective, inherited settings of one prefix")
+    tshow.add_argument("file")
+    tshow.add_argument("prefix")
+    tsub.add_parser("schema", help="print the JSON schema of the thresholds file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "decode":
         from divertor import decode_cmd
 
@@ -34,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"divertor decode: {args.file}: {e}", file=sys.stderr)
             return 2
-        except BrokenPipeError:
-            return 0
     if args.command == "collect":
         from collector.decoder import DecoderConfig
         from divertor import collect_cmd
@@ -48,6 +77,30 @@ def main(argv: list[str] | None = None) -> int:
             decoder=DecoderConfig(default_sampling_rate=args.default_sampling_rate),
         )
         return collect_cmd.run(opts)
+    if args.command == "replay":
+        from divertor import replay_cmd
+
+        try:
+            return replay_cmd.run(args.capture, args.config, args.drain)
+        except (OSError, ValueError) as e:
+            print(f"divertor replay: {e}", file=sys.stderr)
+            return 2
+    if args.command == "thresholds":
+        import json
+
+        import thresholds
+
+        try:
+            if args.action == "check":
+                print(thresholds.check(args.file))
+            elif args.action == "show":
+                print(thresholds.show(thresholds.load(args.file), args.prefix))
+            else:
+                print(json.dumps(thresholds.json_schema(), indent=2))
+        except (OSError, ValueError) as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        return 0
     return 1
 
 
