@@ -76,11 +76,12 @@ class _Window:
         phys = (self.head + logical) % self.size
         np.add.at(self.delta.reshape(-1), phys * per_row + flat_rest, values)
 
-    def shift(self, k: int) -> npt.NDArray[np.float64]:
-        """Drop k bins from the front; returns the counts of the dropped bins (at most W)."""
+    def shift(self, k: int, keep: bool = True) -> npt.NDArray[np.float64]:
+        """Drop k bins from the front; returns the counts of the dropped bins (at most W)
+        when ``keep``."""
         if k <= 0:
             return self.delta[:0]
-        n = min(k, self.bins)
+        n = min(k, self.bins) if keep else 0
         dropped = np.cumsum(self.delta[self.rows(0, n)], axis=0)
         if k >= self.bins:
             self.delta[:] = 0
@@ -251,7 +252,7 @@ class RateKeeper:
             return []
         first_bin = self.prefix.base
         dropped = self.prefix.shift(k)
-        self.hosts.shift(k)
+        self.hosts.shift(k, keep=False)
         frames = [
             RateFrame(
                 start=(first_bin + i) * cfg.bin_seconds,

@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--stats-file", help="write counters here (JSON) on exit")
     c.add_argument("--state-file", help="template and sampling state, restored and saved")
     c.add_argument("--default-sampling-rate", type=int, default=1)
+    c.add_argument(
+        "--config",
+        help="divertor.yaml: also run rates, verdicts, incidents and the dry-run planner",
+    )
 
     r = sub.add_parser("replay", help="run the whole pipeline on a capture, in dry-run")
     r.add_argument("capture", help="pcap or pcapng capture of flow exports")
@@ -75,6 +79,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             stats_file=args.stats_file,
             state_file=args.state_file,
             decoder=DecoderConfig(default_sampling_rate=args.default_sampling_rate),
+            pipeline_config=args.config,
         )
         return collect_cmd.run(opts)
     if args.command == "replay":

@@ -17,10 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import thresholds
 from collector.datagram import DatagramBatch
 from collector.decoder import Decoder, DecoderConfig
 from collector.flowbatch import FlowBatch
 from collector.sources.udp import UdpListener, UdpListenerConfig
+from divertor import config as config_mod
+from divertor.pipeline import Pipeline, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class CollectOptions:
     state_file: str | None = None
     stats_interval: float = 10.0
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    #: divertor.yaml: run rates, verdicts, incidents and the dry-run planner too
+    pipeline_config: str | None = None
 
 
 class Collector:
@@ -44,7 +49,14 @@ class Collector:
 
     def __init__(self, options: CollectOptions) -> None:
         self.options = options
-        self.decoder = Decoder(options.decoder)
+        self.pipeline: Pipeline | None = None
+        self.timeline = Timeline()
+        if options.pipeline_config:
+            cfg = config_mod.load(options.pipeline_config)
+            self.pipeline = Pipeline(cfg, thresholds.load(cfg.thresholds))
+            self.decoder = self.pipeline.decoder
+        else:
+            self.decoder = Decoder(options.decoder)
         self.queue: queue.Queue[DatagramBatch] = queue.Queue(options.queue_batches)
         self.listener = UdpListener(
             UdpListenerConfig(listen=options.listen, rcvbuf=options.rcvbuf), self._enqueue
@@ -84,13 +96,25 @@ class Collector:
                 if self.stop_event.is_set():
                     break
                 continue
-            flows: FlowBatch = self.decoder.decode(batch)
-            self.flow_records += len(flows)
-            if on_flows is not None:
-                on_flows(flows)
+            self.flow_records += self.process(batch, on_flows)
             if time.monotonic() >= next_stats:
                 next_stats += self.options.stats_interval
                 log.info("stats %s", json.dumps(self.summary()))
+
+    def process(self, batch: DatagramBatch, on_flows: Any = None) -> int:
+        """Decode a batch (and run the pipeline when configured); returns its flow records."""
+        if self.pipeline is not None:
+            before = self.pipeline.records
+            self.pipeline.feed(batch, self.timeline)
+            for line in self.timeline.lines:
+                if line["type"] != "verdict":
+                    log.info("timeline %s", json.dumps(line))
+            self.timeline.lines.clear()
+            return self.pipeline.records - before
+        flows: FlowBatch = self.decoder.decode(batch)
+        if on_flows is not None:
+            on_flows(flows)
+        return len(flows)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -137,8 +161,7 @@ def run(options: CollectOptions) -> int:
         # decode what the receive thread handed over before it stopped (counted apart:
         # bench/ measures what is decoded while running, as for the C peers)
         while not collector.queue.empty():
-            drained = collector.decoder.decode(collector.queue.get_nowait())
-            collector.flow_records_drained += len(drained)
+            collector.flow_records_drained += collector.process(collector.queue.get_nowait())
         collector.write_outputs()
         log.info(
             "final %s",

@@ -76,6 +76,7 @@ class Pipeline:
             )
         )
         self.next_eval: float | None = None
+        self.first_arrival = 0.0
         self.last_verdicts: dict[str, Verdict] = {}
         self.records = 0
 
@@ -91,6 +92,7 @@ class Pipeline:
         """Evaluate every bin boundary up to ``now`` (event time)."""
         bin_s = self.ts.bin_seconds
         if self.next_eval is None:
+            self.first_arrival = now
             self.next_eval = (math.floor(now / bin_s) + 1) * bin_s
             return
         while self.next_eval <= now:
