@@ -78,6 +78,10 @@ class Planner:
         while self._changes and now - self._changes[0] >= 3600:
             self._changes.popleft()
         want = {r.route.prefix: r for r in desired.routes}
+        # a refusal is reported once while the prefix stays wanted; wanted again later
+        # (a new incident), it is reported again
+        for prefix in set(self._refused) - set(want):
+            del self._refused[prefix]
         out: list[Change] = []
         for prefix in sorted(set(self.announced) - set(want)):
             old = self.announced.pop(prefix)

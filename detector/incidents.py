@@ -81,7 +81,12 @@ class IncidentManager:
             self._move(t, prefix, State.SUSPECTED, now, f"{v.rule}: {_fmt(v)}", ev)
         if t.state is State.SUSPECTED:
             if not over:
-                self._move(t, prefix, State.CLOSED, now, "cleared before the trigger time", ev)
+                why = (
+                    "cleared (monitor mode: not diverted)"
+                    if t.would_divert
+                    else "cleared before the trigger time"
+                )
+                self._move(t, prefix, State.CLOSED, now, why, ev)
                 return
             t.vector = v.vector
             if v.over_seconds < timing.trigger:
@@ -115,7 +120,10 @@ class IncidentManager:
         if t.state is State.DIVERTED:
             if v.recent:
                 t.subnets.update(v.subnets)
-            t.under_since = (t.under_since or now) if v.under else None
+            if not v.under:
+                t.under_since = None
+            elif t.under_since is None:  # not `or`: event time 0.0 is a time
+                t.under_since = now
             held = now - t.diverted_at
             if (
                 held >= t.hold

@@ -253,6 +253,9 @@ class RateKeeper:
         first_bin = self.prefix.base
         dropped = self.prefix.shift(k)
         self.hosts.shift(k, keep=False)
+        # the window keeps a record on its most specific entry only; a covering entry's
+        # counters include the entries inside it (as the evaluator sums them)
+        dropped = np.stack([dropped[:, m].sum(axis=1) for m in self.index.members], axis=1)
         frames = [
             RateFrame(
                 start=(first_bin + i) * cfg.bin_seconds,

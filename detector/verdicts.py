@@ -139,7 +139,7 @@ class Evaluator:
             recent = bool(over[-u:, i].any())
             run_h = host_end = np.zeros(0, dtype=np.int64)
             if host is not None:
-                havg, hover, hclear = host
+                _, hover, hclear = host
                 under = under and not hclear[-u:].any()
                 recent = recent or bool(hover[-u:].any())
                 run_h, host_end = _runs(np.asarray(hover.any(axis=2)))
@@ -189,7 +189,7 @@ class Evaluator:
         if run_p == 0 and host_run == 0:
             return Verdict(status=Status.NORMAL, **base)  # type: ignore[arg-type]
         rows = self.member_rows[i]
-        if host is not None and host_run > run_p:
+        if host is not None and host_run >= run_p:
             havg = host[0]
             j = int(np.argmax(run_h))
             end_row = int(host_end[j])
@@ -202,7 +202,7 @@ class Evaluator:
             cls = CLASSES[c]
             return Verdict(
                 status=Status.OVER,
-                over_seconds=host_run * bin_s,
+                over_seconds=self._duration(host_run),
                 vector=self._vector(cls, i),
                 rule=f"host {cls}.{METRICS[m]} > {_fmt(limit)}",
                 scope="host",
@@ -225,7 +225,7 @@ class Evaluator:
             scope, vector = "carpet", "carpet_bombing"
         return Verdict(
             status=Status.OVER,
-            over_seconds=run_p * bin_s,
+            over_seconds=self._duration(run_p),
             vector=vector,
             rule=f"{scope} {cls}.{METRICS[m]} > {_fmt(limit)}",
             scope=scope,
@@ -236,6 +236,14 @@ class Evaluator:
             subnets=self._subnets(i, c, run),
             **base,  # type: ignore[arg-type]
         )
+
+    def _duration(self, run: int) -> float:
+        """Data seconds over a threshold from a run of over averages: a trailing average of
+        A bins stays over A - 1 bins after a burst, so those bins are not counted (a 6-s
+        burst is over for 6 s, not 10)."""
+        if run <= 0:
+            return 0.0
+        return max(run - (self.config.average_bins - 1), 1) * self.keeper.config.bin_seconds
 
     def _host_pps(self, c: int, run: slice) -> npt.NDArray[np.float64]:
         """Packets per host in class c (its channel, else total) over the bins of a run.

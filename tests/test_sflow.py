@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.flowbatch import VERSION_SFLOW5, FlowBatch, addr_to_pair, pair_to_str
+from collector.sources.pcap import read_pcap
 from collector.stats import BAD_COUNT, BAD_SAMPLE, BAD_VERSION, TRUNCATED, StatsRegistry
 from collector.wire import sflow
 from collector.wire.sflow import decode
@@ -23,72 +23,6 @@ from collector.wire.sflow import decode
 CORPUS = Path("/work/shared/testdata/flows")
 CAPTURES = CORPUS / "captures"
 SFLOW5 = b"\x00\x00\x00\x05"
-
-
-# ---------------------------------------------------------------------------------------
-# minimal classic-pcap reader (private; to be replaced by collector.sources.pcap.read_pcap)
-# ---------------------------------------------------------------------------------------
-def _udp_datagrams(path: Path) -> Iterator[tuple[float, int, str, bytes]]:
-    """(timestamp, 1-based frame, source address, UDP payload) of each UDP datagram.
-
-    Classic pcap (either byte order, µs or ns), link types Ethernet (802.1Q/QinQ), Linux
-    SLL, raw IP and BSD loopback; IPv4 (non-first fragments skipped) and IPv6.
-    """
-    data = path.read_bytes()
-    magic = data[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        endian = "<"
-    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        endian = ">"
-    else:
-        raise ValueError(f"{path}: not a classic pcap file")
-    scale = 1e9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e6
-    linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0x0FFFFFFF
-    record = struct.Struct(endian + "IIII")
-    pos, frame = 24, 0
-    while pos + 16 <= len(data):
-        sec, frac, incl, _ = record.unpack_from(data, pos)
-        pkt = data[pos + 16 : pos + 16 + incl]
-        pos += 16 + incl
-        frame += 1
-        found = _ip_udp(pkt, linktype)
-        if found is not None:
-            yield sec + frac / scale, frame, found[0], found[1]
-
-
-def _ip_udp(pkt: bytes, linktype: int) -> tuple[str, bytes] | None:
-    if linktype == 1:  # Ethernet
-        off, etype = 14, int.from_bytes(pkt[12:14], "big")
-        while etype in (0x8100, 0x88A8, 0x9100) and off + 4 <= len(pkt):
-            etype, off = int.from_bytes(pkt[off + 2 : off + 4], "big"), off + 4
-    elif linktype == 113:  # Linux cooked v1
-        off, etype = 16, int.from_bytes(pkt[14:16], "big")
-    elif linktype in (101, 12, 14):  # raw IP
-        off, etype = 0, {4: 0x0800, 6: 0x86DD}.get(pkt[0] >> 4 if pkt else 0, 0)
-    elif linktype == 0:  # BSD loopback
-        off, etype = 4, {4: 0x0800, 6: 0x86DD}.get(pkt[4] >> 4 if len(pkt) > 4 else 0, 0)
-    else:
-        return None
-    if etype == 0x0800 and len(pkt) >= off + 20:
-        ihl = (pkt[off] & 0x0F) * 4
-        if pkt[off + 9] != 17 or int.from_bytes(pkt[off + 6 : off + 8], "big") & 0x1FFF:
-            return None
-        src = str(ipaddress.IPv4Address(pkt[off + 12 : off + 16]))
-        udp = off + ihl
-    elif etype == 0x86DD and len(pkt) >= off + 40:
-        nxt, udp = pkt[off + 6], off + 40
-        while nxt in (0, 43, 60) and len(pkt) >= udp + 8:
-            nxt, udp = pkt[udp], udp + (pkt[udp + 1] + 1) * 8
-        if nxt != 17:
-            return None
-        src = str(ipaddress.IPv6Address(pkt[off + 8 : off + 24]))
-    else:
-        return None
-    if len(pkt) < udp + 8:
-        return None
-    ulen = int.from_bytes(pkt[udp + 4 : udp + 6], "big")
-    end = udp + ulen if ulen >= 8 else len(pkt)
-    return src, pkt[udp + 8 : end]
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,7 +38,7 @@ pytestmark = pytest.mark.skipif(not SFLOW_CAPTURES, reason="flow capture corpus 
 
 
 def _sflow_datagrams(name: str) -> list[tuple[float, int, str, bytes]]:
-    return [d for d in _udp_datagrams(CAPTURES / name) if d[3][:4] == SFLOW5]
+    return [d for d in read_pcap(CAPTURES / name) if d[3][:4] == SFLOW5]
 
 
 def _truth(name: str) -> list[dict[str, Any]]:
