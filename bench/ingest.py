@@ -429,9 +429,22 @@ def qualifier(r: dict[str, Any]) -> str:
     """'' exact, '≥' lower bound (sender-bound / never failed), '<' no rate passed."""
     if not r.get("passed", False):
         return "<"
-    if r.get("bounded_by_sender") or not r.get("upper_bound_found", True):
+    if r.get("bounded_by_sender") or not upper_bound_known(r):
         return "≥"
     return ""
+
+
+def upper_bound_known(r: dict[str, Any]) -> bool:
+    """A failing rate was seen: in the bisection, or in confirm runs at a higher rate.
+
+    bench.py's ``upper_bound_found`` only looks at the bisection; when every bisection step
+    passed but the confirm runs at the best of them failed and stepped down 10 %, the failed
+    confirm rate is an upper bound too, so the result is not a mere lower bound.
+    """
+    if r.get("upper_bound_found", True):
+        return True
+    passing = [step[0] for step in r.get("search_steps", []) if step[2]]
+    return bool(passing) and r.get("max_lossless_rps", 0) < max(passing)
 
 
 def _fmt(x: Any, spec: str = ",.0f") -> str:
@@ -444,7 +457,7 @@ def _note(r: dict[str, Any]) -> str:
         notes.append("no rate passed (loss at lowest tried)")
     if r.get("bounded_by_sender"):
         notes.append("sender-bound")
-    elif not r.get("upper_bound_found", True):
+    elif not upper_bound_known(r):
         notes.append("never failed in the search (lower bound)")
     return "; ".join(notes)
 

@@ -97,7 +97,7 @@ class Decoder:
         parts: list[FlowBatch] = []
         orders: list[npt.NDArray[np.int64]] = []
         for decoded in (
-            _safe(netflow5.decode, v5, self.stats),
+            _safe(netflow5.decode, v5, self.stats, self.sampling.configured),
             _safe(sflow.decode, sf, self.stats),
         ):
             if len(decoded):
@@ -123,6 +123,8 @@ class Decoder:
                 wire: Any = netflow9
             elif ver == 10:
                 wire = ipfix
+            elif off and not any(payload[off:]):
+                return  # zero padding after the last message
             else:
                 self.stats.error(exporter, reasons.BAD_VERSION)
                 return
@@ -290,12 +292,16 @@ class Decoder:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown decoder state format {state.get('format')!r}")
-        self.templates.restore(state["templates"])
-        self.sampling.restore(state["sampling"])
-        for e, d, v in state["sys_init_ms"]:
-            self.sys_init_ms[(str(e), int(d))] = float(v)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"unknown decoder state format {got!r}")
+        try:
+            self.templates.restore(state["templates"])
+            self.sampling.restore(state["sampling"])
+            for e, d, v in state["sys_init_ms"]:
+                self.sys_init_ms[(str(e), int(d))] = float(v)
+        except (KeyError, TypeError, AttributeError, AssertionError) as exc:
+            raise ValueError(f"malformed decoder state: {exc!r}") from exc
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the template and sampling state atomically (write, fsync, rename)."""
@@ -322,11 +328,13 @@ class Decoder:
         return True
 
 
-def _safe(fn: Any, datagrams: list[tuple[float, int, str, bytes]], st: StatsRegistry) -> FlowBatch:
+def _safe(
+    fn: Any, datagrams: list[tuple[float, int, str, bytes]], st: StatsRegistry, *args: Any
+) -> FlowBatch:
     if not datagrams:
         return FlowBatch.empty()
     try:
-        result: FlowBatch = fn(datagrams, st)
+        result: FlowBatch = fn(datagrams, st, *args)
         return result
     except Exception:  # the wire modules count their errors; this is the last net
         log.exception("decoder failure")

@@ -18,6 +18,11 @@ import numpy.typing as npt
 from collector import elements as ie
 
 NO_SAMPLER = -1
+MAX_RATE = 0xFFFFFFFF  # the FlowBatch column is uint32
+
+
+def _rate(value: int) -> int:
+    return min(max(1, int(value)), MAX_RATE)
 
 
 def rate_from_options(values: Mapping[int, int]) -> int | None:
@@ -57,8 +62,8 @@ class SamplingState:
         overrides: Mapping[str, int] | None = None,
         max_samplers_per_exporter: int = 256,
     ) -> None:
-        self.default_rate = max(1, int(default_rate))
-        self.overrides = {k: max(1, int(v)) for k, v in (overrides or {}).items()}
+        self.default_rate = _rate(default_rate)
+        self.overrides = {k: _rate(v) for k, v in (overrides or {}).items()}
         self.max_samplers = max_samplers_per_exporter
         # exporter -> {(domain, sampler): rate}
         self._rates: dict[str, dict[tuple[int, int], int]] = {}
@@ -69,8 +74,12 @@ class SamplingState:
         key = (domain_id, sampler_id)
         if key not in table and len(table) >= self.max_samplers:
             return False
-        table[key] = max(1, int(rate))
+        table[key] = _rate(rate)
         return True
+
+    def configured(self, exporter: str) -> int:
+        """The configured rate of an exporter: its override, else the default."""
+        return self.overrides.get(exporter, self.default_rate)
 
     def fallback(self, exporter: str, domain_id: int) -> int:
         """Rate for records that name no sampler (or one never announced)."""
@@ -83,7 +92,7 @@ class SamplingState:
             rates = {r for (d, _), r in table.items() if d == domain_id}
             if len(rates) == 1:
                 return rates.pop()
-        return self.overrides.get(exporter, self.default_rate)
+        return self.configured(exporter)
 
     def rates_for(
         self,

@@ -184,7 +184,6 @@ class Evaluator:
             "recent": recent,
             "monitor": p.mode == "monitor",
         }
-        bin_s = self.keeper.config.bin_seconds
         host_run = int(run_h.max()) if len(run_h) else 0
         if run_p == 0 and host_run == 0:
             return Verdict(status=Status.NORMAL, **base)  # type: ignore[arg-type]

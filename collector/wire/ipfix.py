@@ -7,6 +7,8 @@ options template set) withdraws all templates of the domain.
 
 from __future__ import annotations
 
+import struct
+
 from construct import Array, ConstructError, If, Int16ub, Int32ub, Struct, Tell, this
 
 from collector.templates import Field
@@ -62,7 +64,7 @@ def parse_templates(body: bytes, options: bool) -> list[TemplateRecord]:
     while len(body) - off >= 4:
         try:
             r = rec.parse(body[off:])
-        except ConstructError as e:
+        except (ConstructError, struct.error) as e:  # compiled parsers raise struct.error
             raise TemplateError(f"truncated template record at {off}") from e
         if r.field_count == 0:
             if r.template_id in WITHDRAW_ALL or r.template_id >= MIN_DATA_SET:

@@ -5,7 +5,7 @@ Records of every datagram in a batch are joined and read with one ``numpy.frombu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from construct import Int8ub, Int16ub, Int32ub, Struct
@@ -57,8 +57,15 @@ MAX_COUNT = 30
 Datagram = tuple[float, int, str, bytes]  # arrival, frame, exporter, payload
 
 
-def decode(datagrams: Sequence[Datagram], stats: StatsRegistry) -> FlowBatch:
+def decode(
+    datagrams: Sequence[Datagram],
+    stats: StatsRegistry,
+    configured_rate: Callable[[str], int] | None = None,
+) -> FlowBatch:
     """Decode v5 datagrams into one batch, records in datagram order.
+
+    A header without a sampling interval takes ``configured_rate(exporter)`` (the
+    configured override or default), 1 without it.
 
     A datagram may hold several v5 messages back to back (the header count says where one
     ends). A message whose count does not fit the datagram, or exceeds 30, is dropped whole
@@ -92,7 +99,7 @@ def decode(datagrams: Sequence[Datagram], stats: StatsRegistry) -> FlowBatch:
                     uptime,
                     secs + nsecs / 1e9,
                     (etype << 8) | eid,
-                    rate if rate > 0 else 1,
+                    rate if rate > 0 else configured_rate(exporter) if configured_rate else 1,
                 )
             )
             st.records += count

@@ -5,6 +5,8 @@ Pure parsing: no state, no sockets. The decoder keeps the templates.
 
 from __future__ import annotations
 
+import struct
+
 from construct import Array, ConstructError, Int16ub, Int32ub, Struct, Tell, this
 
 from collector.templates import V9_SCOPE_ENTERPRISE, Field
@@ -55,7 +57,7 @@ def parse_templates(body: bytes, options: bool) -> list[tuple[int, tuple[Field, 
     while len(body) - off >= min_len:
         try:
             r = rec.parse(body[off:])
-        except ConstructError as e:
+        except (ConstructError, struct.error) as e:  # compiled parsers raise struct.error
             raise TemplateError(f"truncated template record at {off}") from e
         if r.template_id < MIN_DATA_SET:
             if any(body[off:]):
