@@ -219,6 +219,9 @@ class Decoder:
         old = self.templates.get(key)
         if old is not None and old.fields == fields and old.options == options:
             return
+        if old is None and self.templates.count(key.exporter) >= self.templates.max_per_exporter:
+            self.stats.error(key.exporter, reasons.TEMPLATE_LIMIT)  # before building its dtype
+            return
         tpl = Template(key.template_id, fields, options)
         if tpl.record_length == 0 or len(fields) > MAX_FIELDS:
             self.stats.error(key.exporter, reasons.BAD_TEMPLATE)
