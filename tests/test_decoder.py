@@ -22,6 +22,7 @@ from collector.datagram import DatagramBatch
 from collector.decoder import Decoder, DecoderConfig
 from collector.flowbatch import VERSION_SFLOW5, FlowBatch, addr_to_pair, pair_to_str
 from collector.sources.pcap import read_pcap
+from tests import shared
 from tests.builders import (
     T0,
     VARLEN,
@@ -42,7 +43,7 @@ from tests.builders import (
     v9_template_set,
 )
 
-CAPTURES = Path("/work/shared/testdata/flows/captures")
+CAPTURES = shared.CAPTURES
 needs_corpus = pytest.mark.skipif(not CAPTURES.is_dir(), reason="flow capture corpus not present")
 
 EXP = "192.0.2.10"

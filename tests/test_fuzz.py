@@ -19,7 +19,6 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -34,9 +33,10 @@ from collector.elements import OPTION_ELEMENTS, USED_ELEMENTS
 from collector.flowbatch import FlowBatch
 from collector.sources.pcap import read_pcap
 from collector.wire import sflow
+from tests import shared
 from tests.builders import T0, VARLEN
 
-CAPTURES = Path("/work/shared/testdata/flows/captures")
+CAPTURES = shared.CAPTURES
 SCALE = max(1, int(os.environ.get("DIVERTOR_FUZZ_SCALE", "1")))
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from divertor.replay_cmd import replay
+from tests import shared
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT.parent / "shared" / "testdata" / "scenarios"
+SCENARIOS = shared.SCENARIOS
 NAMES = ["udp-flood", "dns-amplification", "flash-crowd", "carpet-bombing"]
 #: detection may wait for the flow cache to export (labels: max_export_delay_s) and for the
 #: trigger time (10 s) and the averaging window (5 s)

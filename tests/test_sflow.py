@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,9 @@ from collector.sources.pcap import read_pcap
 from collector.stats import BAD_COUNT, BAD_SAMPLE, BAD_VERSION, TRUNCATED, StatsRegistry
 from collector.wire import sflow
 from collector.wire.sflow import decode
+from tests import shared
 
-CORPUS = Path("/work/shared/testdata/flows")
+CORPUS = shared.FLOWS
 CAPTURES = CORPUS / "captures"
 SFLOW5 = b"\x00\x00\x00\x05"
 

@@ -12,9 +12,10 @@ import pytest
 
 from collector.sources.pcap import PcapError, PcapReader, read_pcap, read_pcap_batches
 from collector.sources.pcapwriter import PcapWriter, _checksum
+from tests import shared
 
-FLOWS = Path("/work/shared/testdata/flows/captures")
-SCENARIOS = Path("/work/shared/testdata/scenarios")
+FLOWS = shared.CAPTURES
+SCENARIOS = shared.SCENARIOS
 CAPTURES = sorted(FLOWS.glob("*.pcap")) if FLOWS.is_dir() else []
 SCENARIO_PCAPS = sorted(SCENARIOS.glob("*/flows.pcap")) if SCENARIOS.is_dir() else []
 

@@ -8,7 +8,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "flows" / "captures"
+from tests import shared
+
+CAPTURES = shared.CAPTURES
 FLOW_KINDS = ("flow", "sflow_flow")
 EXACT = (
     "exporter",
