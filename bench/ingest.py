@@ -258,7 +258,10 @@ def preflight(h: ModuleType, collectors: Sequence[str], divertor_bin: str) -> li
 
 
 def _tcp_port_free(port: int) -> bool:
+    """No listener on 127.0.0.1:port.  SO_REUSEADDR, as a server sets it: connections of the
+    previous trial in TIME_WAIT (60 s after FastNetMon stops) do not count as "in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

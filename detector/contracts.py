@@ -51,6 +51,7 @@ class Verdict:
     host: str | None = None  # the host, for host rules
     subnets: tuple[str, ...] = ()  # attacked subnets (announce mode "subnets")
     monitor: bool = False  # monitor mode: recorded, never diverted
+    since: float | None = None  # data time of the first bin of the over run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,8 @@ class IncidentEvent:
     new: State
     reason: str
     vector: str | None = None
+    #: more about the incident, merged into the timeline line (e.g. "allowlisted_share")
+    data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +104,7 @@ class IncidentEvent:
             "to": self.new.value,
             "vector": self.vector,
             "reason": self.reason,
+            **self.data,
         }
 
 

@@ -269,6 +269,16 @@ class RateKeeper:
         self.stats.frames += len(frames)
         return frames
 
+    def window_packets(self, members: list[int], t0: float, t1: float) -> npt.NDArray[np.float64]:
+        """Packets per class of the entries ``members`` in the open bins starting in [t0, t1)."""
+        bs = self.config.bin_seconds
+        a = max(0, int(np.ceil(t0 / bs)) - self.prefix.base)
+        b = min(self.config.window_bins, int(np.ceil(t1 / bs)) - self.prefix.base)
+        if b <= a:
+            return np.zeros(len(CLASSES))
+        counts = self.prefix.counts(a, b, np.asarray(members, dtype=np.int64))
+        return np.asarray(counts[..., PPS].sum(axis=(0, 1)), dtype=np.float64)
+
     def row_of_time(self, t: float) -> int:
         """Window row of the bin that starts at or before ``t``."""
         return int(np.floor(t / self.config.bin_seconds)) - self.prefix.base

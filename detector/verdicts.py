@@ -211,6 +211,7 @@ class Evaluator:
                 threshold=limit,
                 host=self.index.host_address(r),
                 subnets=self._subnets(i, c, hrun),
+                since=self._run_start(hrun, havg.shape[0]),
                 **base,  # type: ignore[arg-type]
             )
         run = slice(max(0, peak_row - run_p + 1), peak_row + 1)
@@ -233,8 +234,15 @@ class Evaluator:
             value=float(avg[run, i, c, m].max()),
             threshold=limit,
             subnets=self._subnets(i, c, run),
+            since=self._run_start(run, avg.shape[0]),
             **base,  # type: ignore[arg-type]
         )
+
+    def _run_start(self, run: slice, rows: int) -> float:
+        """Data time of the first bin feeding a run of trailing averages (row r of the
+        ``rows`` averages is logical window row end - rows + r)."""
+        first = self._span[1] - rows + int(run.start or 0) - (self.config.average_bins - 1)
+        return (self.keeper.prefix.base + first) * self.keeper.config.bin_seconds
 
     def _duration(self, run: int) -> float:
         """Data seconds over a threshold from a run of over averages: a trailing average of

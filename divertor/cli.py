@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="keep the clock running this many seconds after the capture ends",
     )
+    r.add_argument(
+        "--allowlist-feed",
+        metavar="FILE",
+        help="replay this allowlist feed (JSON Lines) beside the capture, on event time",
+    )
 
     t = sub.add_parser("thresholds", help="check or explain a thresholds file")
     tsub = t.add_subparsers(dest="action", required=True)
@@ -46,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     tshow.add_argument("file")
     tshow.add_argument("prefix")
     tsub.add_parser("schema", help="print the JSON schema of the thresholds file")
+    from divertor import allowlist_cmd
+
+    allowlist_cmd.add_parser(sub)  # allowlist load|export|show|stats|serve
+    from divertor import bgp_cmd
+
+    bgp_cmd.register(sub)  # divert, withdraw, bgp
     return parser
 
 
@@ -61,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if hasattr(args, "bgp_handler"):
+        from divertor import bgp_cmd
+
+        return bgp_cmd.dispatch(args)
     if args.command == "decode":
         from divertor import decode_cmd
 
@@ -82,11 +97,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             pipeline_config=args.config,
         )
         return collect_cmd.run(opts)
+    if args.command == "allowlist":
+        from divertor import allowlist_cmd
+
+        return allowlist_cmd.run(args)
     if args.command == "replay":
         from divertor import replay_cmd
 
         try:
-            return replay_cmd.run(args.capture, args.config, args.drain)
+            return replay_cmd.run(
+                args.capture, args.config, args.drain, allowlist_feed=args.allowlist_feed
+            )
         except (OSError, ValueError) as e:
             print(f"divertor replay: {e}", file=sys.stderr)
             return 2

@@ -7,22 +7,30 @@ passed before the batch's first arrival, then counts the batch. Nothing reads th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from bgp.planner import Planner, SafetyConfig
 from collector.datagram import DatagramBatch
 from collector.decoder import Decoder
 from collector.flowbatch import addr_to_pair
 from detector.classify import Classifier, Membership
-from detector.contracts import IncidentEvent, Status, Verdict
+from detector.contracts import IncidentEvent, RateFrame, State, Status, Verdict
 from detector.incidents import IncidentManager
 from detector.prefixes import PrefixIndex
-from detector.rates import RateConfig, RateKeeper
+from detector.rates import PPS, RateConfig, RateKeeper
 from detector.verdicts import EvalConfig, Evaluator, host_channels
 from divertor.config import Config
-from thresholds.model import ThresholdSet
+from thresholds.model import CLASSES, ThresholdSet
+
+#: classes whose allowlisted share an incident reports: (class, its unlisted part)
+SHARE_CLASSES = (("udp", "unlisted_udp"), ("sip", "unlisted_sip"), ("rtp", "unlisted_rtp"))
+SHARE_BEFORE = 60.0  # seconds of data before an incident's over run that are "before"
 
 
 @dataclass
@@ -75,6 +83,8 @@ class Pipeline:
                 max_changes_per_hour=b.max_changes_per_hour,
             )
         )
+        self.shares = _Shares(self.keeper, self.index) if allowlisted is not None else None
+        self.allowlist: Any = None  # the allowlist state behind ``allowlisted``, if kept here
         self.next_eval: float | None = None
         self.first_arrival = 0.0
         self.last_verdicts: dict[str, Verdict] = {}
@@ -86,7 +96,9 @@ class Pipeline:
         self.tick(min(batch.arrival), out)
         flows = self.decoder.decode(batch)
         self.records += len(flows)
-        self.keeper.ingest(flows)
+        frames = self.keeper.ingest(flows)
+        if self.shares is not None:
+            self.shares.settled(frames)
 
     def tick(self, now: float, out: Timeline) -> None:
         """Evaluate every bin boundary up to ``now`` (event time)."""
@@ -100,7 +112,9 @@ class Pipeline:
             self.next_eval += bin_s
 
     def _evaluate(self, t: float, out: Timeline) -> None:
-        self.keeper.advance(t - self.ts.bin_seconds / 2)
+        frames = self.keeper.advance(t - self.ts.bin_seconds / 2)
+        if self.shares is not None:
+            self.shares.settled(frames)
         verdicts = self.evaluator.evaluate(t)
         for v in verdicts:
             old = self.last_verdicts.get(v.prefix)
@@ -108,6 +122,8 @@ class Pipeline:
                 out.add(v.as_dict())
             self.last_verdicts[v.prefix] = v
         events: list[IncidentEvent] = self.incidents.update(verdicts, t)
+        if self.shares is not None:
+            events = [self.shares.annotate(e, self.last_verdicts.get(e.prefix), t) for e in events]
         for e in events:
             out.add(e.as_dict())
         for change in self.planner.plan(self.incidents.desired(t)):
@@ -122,6 +138,11 @@ class Pipeline:
             "partly_late": s.partly_late,
             "clean_return": s.clean_return,
             "exporters": self.decoder.stats.as_dict(),
+            **(
+                {"allowlist": {"entries": len(self.allowlist), "version": self.allowlist.version}}
+                if self.allowlist is not None
+                else {}
+            ),
         }
 
 
@@ -134,3 +155,47 @@ def _changed(old: Verdict | None, new: Verdict) -> bool:
         new.rule,
         new.host,
     )
+
+
+class _Shares:
+    """The allowlisted share of a prefix's UDP, SIP and RTP packets before its incident and
+    during it (1 - unlisted/all), for the incident's events. "Before" is the minute of data
+    before the over run began (from the open bins); "during" adds the bins that settled
+    since the run began to the bins still open, so it covers incidents longer than the
+    window."""
+
+    def __init__(self, keeper: RateKeeper, index: PrefixIndex) -> None:
+        self.keeper, self.index = keeper, index
+        self.cols = [(CLASSES.index(a), CLASSES.index(b)) for a, b in SHARE_CLASSES]
+        self.entry = {str(n): i for i, n in enumerate(index.networks)}
+        # open incidents by entry: (since, "before" shares, packets per class settled since)
+        self.open: dict[int, tuple[float, dict[str, float | None], npt.NDArray[np.float64]]] = {}
+
+    def settled(self, frames: list[RateFrame]) -> None:
+        for f in frames:
+            for entry, (since, _, acc) in self.open.items():
+                if f.start >= since:
+                    acc += f.values[entry, :, PPS] * f.seconds
+
+    def _shares(self, packets: npt.NDArray[np.float64]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for (name, _), (c, u) in zip(SHARE_CLASSES, self.cols, strict=True):
+            total = float(packets[c])
+            out[name] = round(1.0 - float(packets[u]) / total, 4) if total > 0 else None
+        return out
+
+    def annotate(self, e: IncidentEvent, v: Verdict | None, now: float) -> IncidentEvent:
+        entry = self.entry.get(e.prefix)
+        if entry is None:
+            return e
+        members = self.index.members[entry]
+        if entry not in self.open or e.old in (State.NORMAL, State.CLOSED):
+            since = v.since if v is not None and v.since is not None else now
+            before = self.keeper.window_packets(members, since - SHARE_BEFORE, since)
+            self.open[entry] = (since, self._shares(before), np.zeros(len(CLASSES)))
+        since, before_share, acc = self.open[entry]
+        during = acc + self.keeper.window_packets(members, since, now + 1e9)
+        if e.new is State.CLOSED:
+            del self.open[entry]
+        share = {"since": since, "before": before_share, "during": self._shares(during)}
+        return dataclasses.replace(e, data={**e.data, "allowlisted_share": share})
