@@ -79,17 +79,15 @@ class Setup:
         return Supervisor(self.state_dir, command, exabgp_conf.environment(user))
 
 
-def build(path: str) -> Setup:
-    """Load divertor.yaml, its thresholds and VRP file; ValueError/OSError if invalid."""
-    cfg = dconfig.load(path)
-    ts = thresholds.load(cfg.thresholds)
-    base = os.path.dirname(os.path.abspath(path))
+def make_policy(cfg: dconfig.Config, ts: ThresholdSet) -> Policy:
+    """The BGP safety policy of a configuration (the daemon, the CLI and replay share it)."""
+    base = os.path.dirname(os.path.abspath(cfg.source)) if cfg.source else os.getcwd()
     b = cfg.bgp
     protected = tuple(p.prefix for p in ts.policies)
     vrps = None
     if b.rpki_vrp_file:
         vrps = rpki.load(os.path.join(base, b.rpki_vrp_file)).restrict(protected)
-    policy = Policy(
+    return Policy(
         SafetyConfig(
             protected=protected,
             max_length_v4=b.max_prefix_length_v4,
@@ -108,7 +106,14 @@ def build(path: str) -> Setup:
         rpki_not_found=b.rpki_not_found,
         defaults=defaults(ts),
     )
-    return Setup(cfg, ts, policy, os.path.join(base, b.state_dir))
+
+
+def build(path: str) -> Setup:
+    """Load divertor.yaml, its thresholds and VRP file; ValueError/OSError if invalid."""
+    cfg = dconfig.load(path)
+    ts = thresholds.load(cfg.thresholds)
+    base = os.path.dirname(os.path.abspath(path))
+    return Setup(cfg, ts, make_policy(cfg, ts), os.path.join(base, cfg.bgp.state_dir))
 
 
 def who(args: argparse.Namespace) -> str:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bgp.planner import Planner, SafetyConfig
 from collector.datagram import DatagramBatch
 from collector.decoder import Decoder
 from collector.flowbatch import addr_to_pair
@@ -25,6 +24,7 @@ from detector.incidents import IncidentManager
 from detector.prefixes import PrefixIndex
 from detector.rates import PPS, RateConfig, RateKeeper
 from detector.verdicts import EvalConfig, Evaluator, host_channels
+from divertor.bgp_cmd import make_policy
 from divertor.config import Config
 from thresholds.model import CLASSES, ThresholdSet
 
@@ -73,16 +73,8 @@ class Pipeline:
             ),
         )
         self.incidents = IncidentManager(ts)
-        b = config.bgp
-        self.planner = Planner(
-            SafetyConfig(
-                protected=tuple(p.prefix for p in ts.policies),
-                max_length_v4=b.max_prefix_length_v4,
-                max_length_v6=b.max_prefix_length_v6,
-                max_diversions=b.max_diversions,
-                max_changes_per_hour=b.max_changes_per_hour,
-            )
-        )
+        # the same safety policy as the daemon: bounds, limits, dampening, next hops, RPKI
+        self.planner = make_policy(config, ts).planner()
         self.shares = _Shares(self.keeper, self.index) if allowlisted is not None else None
         self.allowlist: Any = None  # the allowlist state behind ``allowlisted``, if kept here
         self.next_eval: float | None = None
