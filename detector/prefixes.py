@@ -60,6 +60,9 @@ class PrefixIndex:
         self.row_lo = np.zeros(base, dtype=np.uint64)
         self._v4 = _ranges([(i, net) for i, net in enumerate(self.networks) if net.version == 4])
         self._v6 = _ranges([(i, net) for i, net in enumerate(self.networks) if net.version == 6])
+        self._all_v4_dense = all(
+            self.dense[i] for i, net in enumerate(self.networks) if net.version == 4
+        )
         self.net_v4 = np.array(
             [int(net.network_address) if net.version == 4 else 0 for net in self.networks],
             dtype=np.uint64,
@@ -78,8 +81,12 @@ class PrefixIndex:
             ok = e >= 0
             idx, key, e = idx[ok], key[ok], e[ok]
             offset = (key - self.net_v4[e]).astype(np.int64)
-            dense = self.dense[e]
-            row[idx] = self.row_base[e] + np.where(dense, offset, _mix(key) % MAX_DENSE_HOSTS)
+            if self._all_v4_dense:
+                row[idx] = self.row_base[e] + offset
+            else:
+                dense = self.dense[e]
+                hashed = _mix(key) % MAX_DENSE_HOSTS
+                row[idx] = self.row_base[e] + np.where(dense, offset, hashed)
         if self._v6 is not None:
             idx = np.nonzero(~is4)[0]
             e = _find(self._v6, hi[idx])
@@ -87,18 +94,20 @@ class PrefixIndex:
             ok = e >= 0
             idx, e = idx[ok], e[ok]
             row[idx] = self.row_base[e] + _mix(hi[idx] ^ lo[idx]) % V6_HOST_BUCKETS
-        inside = entry >= 0
-        self.row_hi[row[inside]] = hi[inside]
-        self.row_lo[row[inside]] = lo[inside]
+        # hashed rows remember the last address seen (dense rows derive theirs)
+        hashed = (entry >= 0) & ~self.dense[np.maximum(entry, 0)]
+        if hashed.any():
+            self.row_hi[row[hashed]] = hi[hashed]
+            self.row_lo[row[hashed]] = lo[hashed]
         return Lookup(entry, row)
 
     def host_address(self, row: int) -> str:
+        i = int(self.row_entry[row])
+        net = self.networks[i]
+        if self.dense[i]:
+            return str(net.network_address + int(row - self.row_base[i]))
         hi, lo = int(self.row_hi[row]), int(self.row_lo[row])
         if hi == 0 and lo == 0:
-            i = int(self.row_entry[row])
-            net = self.networks[i]
-            if self.dense[i]:
-                return str(net.network_address + int(row - self.row_base[i]))
             return f"{net} bucket {row - self.row_base[i]}"
         return pair_to_str(hi, lo)
 
