@@ -17,6 +17,13 @@ returned FlowBatch (v5/v9/IPFIX flow records, sFlow flow samples; options record
 samples are not counted, as in ``divertor collect``'s ``flow_records``).  Nothing is received,
 copied off a socket or queued: this is the decoder alone (DatagramBatch -> FlowBatch).
 
+Timing: every round decodes all batches of a case; its thread CPU time (``time.thread_time``)
+and wall time (``time.perf_counter``) are read.  The main figure, records per CPU second, is
+what one core does even when another process shares that CPU (the bench machine is shared);
+the wall-clock rate and the CPU share (CPU / wall over all rounds; < 100 % = the CPU was
+shared, or the thread slept) are printed beside it.  Medians over rounds; rounds run for at
+least ``--min-time`` s and ``--min-rounds`` rounds per case.
+
 Run pinned to one CPU for figures per core::
 
     taskset -c 1 .venv/bin/python bench/decode_speed.py
@@ -86,11 +93,16 @@ class Result:
     records_per_datagram: float
     bytes_per_datagram: float
     rounds: int
-    records_per_s: float  # median over rounds
-    records_per_s_min: float
-    records_per_s_max: float
-    us_per_datagram: float  # median over rounds
+    # per CPU second of the decoding thread (time.thread_time): what one core does, even when
+    # another process shares the CPU; medians over rounds, min/max over rounds
+    records_per_cpu_s: float
+    records_per_cpu_s_min: float
+    records_per_cpu_s_max: float
+    us_per_datagram: float  # thread CPU time
     us_per_batch: float
+    # wall clock (time.perf_counter): lower than the above when the CPU was shared
+    records_per_s_wall: float
+    cpu_share: float  # thread CPU time / wall time over all rounds
     errors: dict[str, int]
 
 
@@ -179,24 +191,27 @@ def run_case(case: Case, batch_size: int, min_time: float, min_rounds: int) -> R
         decoder.decode(b)
     per_round_records = sum(len(decoder.decode(b)) for b in batches)  # steady state
     n_dgrams = len(batches) * batch_size
-    rates, us_dgram = [], []
-    perf = time.perf_counter
+    cpu_rates, wall_rates, cpu_total, wall_total = [], [], 0.0, 0.0
+    perf, cpu = time.perf_counter, time.thread_time
     started = perf()
-    while len(rates) < min_rounds or perf() - started < min_time:
+    while len(cpu_rates) < min_rounds or perf() - started < min_time:
         records = 0
-        t0 = perf()
+        w0, c0 = perf(), cpu()
         for b in batches:
             records += len(decoder.decode(b))
-        dt = perf() - t0
+        c1, w1 = cpu(), perf()
         if records != per_round_records:
             raise RuntimeError(f"{case.source} {case.fmt}: {records} != {per_round_records}")
-        rates.append(records / dt)
-        us_dgram.append(dt / n_dgrams * 1e6)
+        cpu_rates.append(records / (c1 - c0))
+        wall_rates.append(records / (w1 - w0))
+        cpu_total += c1 - c0
+        wall_total += w1 - w0
     errors: dict[str, int] = {}
     for st in decoder.stats.as_dict().values():
         for reason, n in st.get("errors", {}).items():
             errors[reason] = errors.get(reason, 0) + n
-    us = statistics.median(us_dgram)
+    rate = statistics.median(cpu_rates)
+    us = per_round_records / rate / n_dgrams * 1e6
     return Result(
         source=case.source,
         fmt=case.fmt,
@@ -205,12 +220,14 @@ def run_case(case: Case, batch_size: int, min_time: float, min_rounds: int) -> R
         batch_size=batch_size,
         records_per_datagram=per_round_records / n_dgrams,
         bytes_per_datagram=sum(len(p) for b in batches for p in b.payload) / n_dgrams,
-        rounds=len(rates),
-        records_per_s=statistics.median(rates),
-        records_per_s_min=min(rates),
-        records_per_s_max=max(rates),
+        rounds=len(cpu_rates),
+        records_per_cpu_s=rate,
+        records_per_cpu_s_min=min(cpu_rates),
+        records_per_cpu_s_max=max(cpu_rates),
         us_per_datagram=us,
         us_per_batch=us * batch_size,
+        records_per_s_wall=statistics.median(wall_rates),
+        cpu_share=cpu_total / wall_total,
         errors=errors,
     )
 
@@ -248,16 +265,18 @@ def conditions(batch_size: int, min_time: float) -> dict[str, Any]:
 def table(results: Sequence[Result]) -> list[str]:
     lines = [
         "| format | source | distinct datagrams | rec/datagram | B/datagram | rounds "
-        "| rec/s (median) | rec/s min–max | µs/datagram | ms/batch | decoder errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+        "| rec/CPU-s (median) | rec/CPU-s min–max | µs/datagram | ms/batch "
+        "| rec/s wall (median) | CPU share | decoder errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "none"
         lines.append(
             f"| {r.fmt} | {r.source} | {r.distinct_datagrams} | {r.records_per_datagram:.2f} "
-            f"| {r.bytes_per_datagram:.0f} | {r.rounds} | {r.records_per_s:,.0f} "
-            f"| {r.records_per_s_min:,.0f}–{r.records_per_s_max:,.0f} "
-            f"| {r.us_per_datagram:.2f} | {r.us_per_batch / 1000:.2f} | {errs} |"
+            f"| {r.bytes_per_datagram:.0f} | {r.rounds} | {r.records_per_cpu_s:,.0f} "
+            f"| {r.records_per_cpu_s_min:,.0f}–{r.records_per_cpu_s_max:,.0f} "
+            f"| {r.us_per_datagram:.2f} | {r.us_per_batch / 1000:.2f} "
+            f"| {r.records_per_s_wall:,.0f} | {100 * r.cpu_share:.0f} % | {errs} |"
         )
     return lines
 
@@ -294,8 +313,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for case in cases:
         r = run_case(case, a.batch_size, a.min_time, a.min_rounds)
         print(
-            f"{r.fmt:6s} {r.source[:60]:60s} {r.records_per_s:>12,.0f} rec/s "
-            f"{r.us_per_datagram:7.2f} µs/dgram",
+            f"{r.fmt:6s} {r.source[:60]:60s} {r.records_per_cpu_s:>12,.0f} rec/CPU-s "
+            f"{r.us_per_datagram:7.2f} µs/dgram, CPU share {100 * r.cpu_share:.0f} %",
             file=sys.stderr,
             flush=True,
         )

@@ -175,10 +175,12 @@ class DivertorAdapterMixin:
 
 
 class DivertorRatesMixin(DivertorAdapterMixin):
-    """Divertor collector with --rates (variant hook; not in default runs)."""
+    """Divertor collector running the whole pipeline: decode, prefix lookup, classes, rates
+    per prefix and host, verdicts every second, incidents, dry-run planner
+    (bench/divertor-bench.yaml: the generator's prefixes, thresholds it never reaches)."""
 
     name = "divertor-rates"
-    extra_args = ("--rates",)
+    extra_args = ("--config", str(PROJECT_ROOT / "bench" / "divertor-bench.yaml"))
 
 
 DIVERTOR_VARIANTS: tuple[type[DivertorAdapterMixin], ...] = (
@@ -746,6 +748,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         cmd_report(a)
         return
     harness_dir, out_dir = Path(a.harness).resolve(), Path(a.out).resolve()
+    # the collector is started with cwd = its work dir: a relative --divertor-bin would pass
+    # the preflight (run from here) and then fail to start (taskset: No such file)
+    a.divertor_bin = os.path.abspath(a.divertor_bin)
     h = load_harness(harness_dir, out_dir, a.port)
     register_divertor(h, a.divertor_bin, a.divertor_arg)
     if a.cmd == "list":
