@@ -95,10 +95,10 @@ class PrefixIndex:
             idx, e = idx[ok], e[ok]
             row[idx] = self.row_base[e] + _mix(hi[idx] ^ lo[idx]) % V6_HOST_BUCKETS
         # hashed rows remember the last address seen (dense rows derive theirs)
-        hashed = (entry >= 0) & ~self.dense[np.maximum(entry, 0)]
-        if hashed.any():
-            self.row_hi[row[hashed]] = hi[hashed]
-            self.row_lo[row[hashed]] = lo[hashed]
+        remember = (entry >= 0) & ~self.dense[np.maximum(entry, 0)]
+        if remember.any():
+            self.row_hi[row[remember]] = hi[remember]
+            self.row_lo[row[remember]] = lo[remember]
         return Lookup(entry, row)
 
     def host_address(self, row: int) -> str:

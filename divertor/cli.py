@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the clock running this many seconds after the capture ends",
     )
     r.add_argument(
+        "--store",
+        metavar="PATH",
+        help="also record the timeline, traffic and talkers in this timeline store",
+    )
+    r.add_argument(
         "--allowlist-feed",
         metavar="FILE",
         help="replay this allowlist feed (JSON Lines) beside the capture, on event time",
@@ -57,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     from divertor import bgp_cmd
 
     bgp_cmd.register(sub)  # divert, withdraw, bgp
+    from divertor import incidents_cmd
+
+    incidents_cmd.add_parser(sub)  # incidents list|show|export
     return parser
 
 
@@ -97,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             pipeline_config=args.config,
         )
         return collect_cmd.run(opts)
+    if args.command == "incidents":
+        from divertor import incidents_cmd
+
+        return incidents_cmd.dispatch(args)
     if args.command == "allowlist":
         from divertor import allowlist_cmd
 
@@ -106,7 +118,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         try:
             return replay_cmd.run(
-                args.capture, args.config, args.drain, allowlist_feed=args.allowlist_feed
+                args.capture,
+                args.config,
+                args.drain,
+                allowlist_feed=args.allowlist_feed,
+                store=args.store,
             )
         except (OSError, ValueError) as e:
             print(f"divertor replay: {e}", file=sys.stderr)

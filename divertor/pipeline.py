@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,11 @@ class Pipeline:
         self.first_arrival = 0.0
         self.last_verdicts: dict[str, Verdict] = {}
         self.records = 0
+        #: where settled RateFrames go (the timeline store); None: nowhere
+        self.frame_sink: Callable[[list[RateFrame]], None] | None = None
+        #: top talkers at each incident transition: (incident, prefix, top)
+        self.talkers: list[tuple[int, str, dict[str, Any]]] = []
+        self._entry = {str(net): i for i, net in enumerate(self.index.networks)}
 
     def feed(self, batch: DatagramBatch, out: Timeline) -> None:
         if not len(batch):
@@ -88,9 +94,18 @@ class Pipeline:
         self.tick(min(batch.arrival), out)
         flows = self.decoder.decode(batch)
         self.records += len(flows)
-        frames = self.keeper.ingest(flows)
+        self._settled(self.keeper.ingest(flows))
+
+    def _settled(self, frames: list[RateFrame]) -> None:
         if self.shares is not None:
             self.shares.settled(frames)
+        if self.frame_sink is not None and frames:
+            self.frame_sink(frames)
+
+    def flush(self) -> None:
+        """Settle every open bin (end of a replay): their RateFrames go to the sink."""
+        k = self.keeper
+        self._settled(k.advance((k.newest + k.config.window_bins + 1) * self.ts.bin_seconds))
 
     def tick(self, now: float, out: Timeline) -> None:
         """Evaluate every bin boundary up to ``now`` (event time)."""
@@ -104,9 +119,7 @@ class Pipeline:
             self.next_eval += bin_s
 
     def _evaluate(self, t: float, out: Timeline) -> None:
-        frames = self.keeper.advance(t - self.ts.bin_seconds / 2)
-        if self.shares is not None:
-            self.shares.settled(frames)
+        self._settled(self.keeper.advance(t - self.ts.bin_seconds / 2))
         verdicts = self.evaluator.evaluate(t)
         for v in verdicts:
             old = self.last_verdicts.get(v.prefix)
@@ -118,6 +131,10 @@ class Pipeline:
             events = [self.shares.annotate(e, self.last_verdicts.get(e.prefix), t) for e in events]
         for e in events:
             out.add(e.as_dict())
+            entry = self._entry[e.prefix]
+            if e.old in (State.NORMAL, State.CLOSED):
+                self.keeper.talkers.reset(entry)  # talkers of this incident only
+            self.talkers.append((e.incident, e.prefix, self.keeper.talkers.top(entry, 10)))
         for change in self.planner.plan(self.incidents.desired(t)):
             out.add(change.as_dict())
 

@@ -22,7 +22,9 @@ from allowlist.feed import FeedCursor, Registration, parse_lines
 from allowlist.state import AllowlistState
 from collector.datagram import DatagramBatch
 from collector.sources.pcap import read_pcap
+from detector.contracts import RateFrame
 from divertor import config as config_mod
+from divertor import incidents_cmd
 from divertor.pipeline import Pipeline, Timeline
 
 MAX_BATCH = 1024
@@ -49,6 +51,7 @@ def replay(
     drain: float = 0.0,
     progress: TextIO | None = None,
     allowlist_feed: str | None = None,
+    store: str | None = None,
 ) -> tuple[list[dict[str, Any]], Pipeline]:
     """Replay a capture; with ``allowlist_feed`` (or a configured ``allowlist.feed`` or
     ``allowlist.static``), the allowlist is replayed beside it on event time: the feed's
@@ -70,6 +73,9 @@ def replay(
                     progress.write(f"replay: {feed}:{r.line}: refused: {r.reason}\n")
         cursor = FeedCursor(regs)
     pipe = Pipeline(cfg, ts, state.index if state is not None else None)
+    frames: list[RateFrame] = []
+    if store is not None:
+        pipe.frame_sink = frames.extend
     out = Timeline()
     started = time.monotonic()
     last = 0.0
@@ -91,6 +97,11 @@ def replay(
             cursor.apply_until(state, last + drain)
         pipe.tick(last + drain, out)
     pipe.allowlist = state
+    if store is not None:
+        pipe.flush()
+        ids = incidents_cmd.record_replay(out.lines, frames, pipe.talkers, store, ts)
+        if progress is not None:
+            progress.write(f"replay: incidents {ids} recorded in {store}\n")
     if progress is not None:
         took = time.monotonic() - started
         progress.write(
@@ -106,9 +117,10 @@ def run(
     drain: float,
     out: TextIO | None = None,
     allowlist_feed: str | None = None,
+    store: str | None = None,
 ) -> int:
     out = out if out is not None else sys.stdout  # looked up now, not at import
-    lines, pipe = replay(capture, config_path, drain, sys.stderr, allowlist_feed)
+    lines, pipe = replay(capture, config_path, drain, sys.stderr, allowlist_feed, store)
     for line in lines:
         out.write(json.dumps(line) + "\n")
     json.dump({"stats": pipe.stats()}, sys.stderr)
