@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = 1
 MAX_SETS_PER_DATAGRAM = 4095  # sets beyond this in one datagram are not decoded
 MAX_FIELDS = 512
+PARSED_CACHE_ENTRIES = 1024
+PARSED_CACHE_MAX_BODY = 2048
 
 
 @dataclass(slots=True)
@@ -66,6 +68,8 @@ class Decoder:
         # (exporter, domain) -> systemInitTimeMilliseconds announced in IPFIX options
         self.sys_init_ms: dict[tuple[str, int], float] = {}
         self._groups: dict[int, SetGroup] = {}
+        #: parsed template sets by their bytes (bounded: entries and body size)
+        self._parsed: dict[tuple[int, bool, bytes], list[Any]] = {}
 
     # ------------------------------------------------------------------ decoding
     def decode(self, batch: DatagramBatch) -> FlowBatch:
@@ -199,11 +203,19 @@ class Decoder:
         self, wire: Any, exporter: str, ver: int, domain: int, body: bytes, set_id: int
     ) -> None:
         options = set_id == wire.OPTIONS_TEMPLATE_SET
-        try:
-            records = wire.parse_templates(body, options)
-        except (netflow9.TemplateError, ipfix.TemplateError):
-            self.stats.error(exporter, reasons.BAD_TEMPLATE)
-            return
+        # exporters re-send the same template sets every few seconds: parse each text once
+        cache_key = (ver, options, body)
+        records = self._parsed.get(cache_key)
+        if records is None:
+            try:
+                records = wire.parse_templates(body, options)
+            except (netflow9.TemplateError, ipfix.TemplateError):
+                self.stats.error(exporter, reasons.BAD_TEMPLATE)
+                return
+            if len(body) <= PARSED_CACHE_MAX_BODY:
+                if len(self._parsed) >= PARSED_CACHE_ENTRIES:
+                    del self._parsed[next(iter(self._parsed))]
+                self._parsed[cache_key] = records
         for template_id, fields in records:
             if fields is None:
                 if template_id in ipfix.WITHDRAW_ALL:

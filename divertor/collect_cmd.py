@@ -35,7 +35,7 @@ DEFAULT_LISTEN = [f"{host}:{port}" for port in (2055, 4739, 6343) for host in ("
 class CollectOptions:
     listen: list[str]
     rcvbuf: int = 32 << 20
-    queue_batches: int = 16
+    queue_batches: int = 32  # hand-over queue; a full queue drops whole batches (counted)
     stats_file: str | None = None
     state_file: str | None = None
     stats_interval: float = 10.0
@@ -66,6 +66,7 @@ class Collector:
         self.overload_datagrams = 0
         self.flow_records = 0  # decoded while running
         self.flow_records_drained = 0  # decoded after the stop request, from the queue
+        self.kernel_drops = 0  # the sockets' drops, kept when they close
         self._thread: threading.Thread | None = None
 
     def _enqueue(self, batch: DatagramBatch) -> None:
@@ -89,12 +90,10 @@ class Collector:
 
     def run(self, on_flows: Any = None) -> None:
         next_stats = time.monotonic() + self.options.stats_interval
-        while True:
+        while not self.stop_event.is_set():
             try:
                 batch = self.queue.get(timeout=0.2)
             except queue.Empty:
-                if self.stop_event.is_set():
-                    break
                 continue
             self.flow_records += self.process(batch, on_flows)
             if time.monotonic() >= next_stats:
@@ -120,6 +119,7 @@ class Collector:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.kernel_drops = self.listener.kernel_drops()  # read before the sockets close
         self.listener.stop()
 
     def summary(self) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class Collector:
             "datagrams": self.listener.datagrams,
             "overload_batches": self.overload_batches,
             "overload_datagrams": self.overload_datagrams,
-            "kernel_drops": self.listener.kernel_drops(),
+            "kernel_drops": self.listener.kernel_drops() or self.kernel_drops,
             "rcvbuf_effective": self.listener.rcvbuf_effective,
             "exporters": self.decoder.stats.as_dict(),
         }
