@@ -12,7 +12,8 @@ verdicts' event time.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from detector.contracts import (
     DesiredRoute,
@@ -50,6 +51,40 @@ class IncidentManager:
         self.tracks: dict[str, Track] = {str(p.prefix): Track() for p in ts.policies}
         self.policies: dict[str, PrefixPolicy] = {str(p.prefix): p for p in ts.policies}
         self.next_incident = 1
+
+    def retarget(self, ts: ThresholdSet) -> list[str]:
+        """Take a reloaded thresholds file: prefixes still there keep their state (a
+        diverted prefix stays diverted), new ones start normal. Returns the prefixes
+        dropped, with the state they were in."""
+        old = self.tracks
+        self.ts = ts
+        self.policies = {str(p.prefix): p for p in ts.policies}
+        self.tracks = {prefix: old.get(prefix, Track()) for prefix in self.policies}
+        return [f"{p} ({t.state.value})" for p, t in old.items() if p not in self.tracks]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state of every prefix not at rest, as JSON-able data (``restore`` reads it)."""
+        tracks = {}
+        for prefix, t in self.tracks.items():
+            if t.state in (State.NORMAL, State.CLOSED):
+                continue
+            d = {f.name: getattr(t, f.name) for f in fields(Track)}
+            d["state"], d["subnets"] = t.state.value, sorted(t.subnets)
+            tracks[prefix] = d
+        return {"next_incident": self.next_incident, "tracks": tracks}
+
+    def restore(self, snap: dict[str, Any]) -> list[str]:
+        """Take back a ``snapshot`` (after a restart): the prefixes it knows that are still
+        protected resume where they were; returns them."""
+        self.next_incident = max(self.next_incident, int(snap.get("next_incident", 1)))
+        restored = []
+        for prefix, d in snap.get("tracks", {}).items():
+            if prefix not in self.tracks:
+                continue
+            t = Track(**{**d, "state": State(d["state"]), "subnets": set(d["subnets"])})
+            self.tracks[prefix] = t
+            restored.append(prefix)
+        return restored
 
     def update(self, verdicts: list[Verdict], now: float) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []

@@ -21,6 +21,9 @@ from thresholds.model import Network
 
 MAX_DENSE_HOSTS = 65536
 V6_HOST_BUCKETS = 4096
+#: up to this many address ranges (per family), a lookup compares a key with each range
+#: (branch-free, a few numpy passes per range) instead of a binary search (~5 ns a key)
+SCAN_RANGES = 8
 _V4_MASK = np.uint64(0xFFFFFFFF)
 
 
@@ -67,39 +70,94 @@ class PrefixIndex:
             [int(net.network_address) if net.version == 4 else 0 for net in self.networks],
             dtype=np.uint64,
         )
+        self._v4_scan = _scan(self._v4)
+        self._v6_scan = _scan(self._v6)
 
     def lookup(self, hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> Lookup:
         n = hi.shape[0]
-        entry = np.full(n, -1, dtype=np.int64)
-        row = np.zeros(n, dtype=np.int64)
         is4 = (hi == 0) & ((lo & ~_V4_MASK) == V4_MAPPED_LO_BASE)
+        all4 = bool(is4.all())
         if self._v4 is not None:
-            idx = np.nonzero(is4)[0]
-            key = lo[idx] & _V4_MASK
-            e = _find(self._v4, key)
-            entry[idx] = e
-            ok = e >= 0
-            idx, key, e = idx[ok], key[ok], e[ok]
-            offset = (key - self.net_v4[e]).astype(np.int64)
-            if self._all_v4_dense:
-                row[idx] = self.row_base[e] + offset
-            else:
-                dense = self.dense[e]
-                hashed = _mix(key) % MAX_DENSE_HOSTS
-                row[idx] = self.row_base[e] + np.where(dense, offset, hashed)
-        if self._v6 is not None:
-            idx = np.nonzero(~is4)[0]
-            e = _find(self._v6, hi[idx])
+            # every record as IPv4 (no gather, no scatter), IPv6 ones masked out afterwards
+            entry, row = self._lookup_v4(lo & _V4_MASK, None if all4 else is4)
+        else:
+            entry, row = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        if self._v6 is not None and not all4:
+            idx = np.flatnonzero(~is4)
+            hi6 = hi.take(idx)
+            e = _find(self._v6, hi6, self._v6_scan)
             entry[idx] = e
             ok = e >= 0
             idx, e = idx[ok], e[ok]
-            row[idx] = self.row_base[e] + _mix(hi[idx] ^ lo[idx]) % V6_HOST_BUCKETS
-        # hashed rows remember the last address seen (dense rows derive theirs)
-        remember = (entry >= 0) & ~self.dense[np.maximum(entry, 0)]
-        if remember.any():
-            self.row_hi[row[remember]] = hi[remember]
-            self.row_lo[row[remember]] = lo[remember]
+            r = self.row_base.take(e) + _mix(hi6[ok] ^ lo.take(idx)) % V6_HOST_BUCKETS
+            row[idx] = r
+            # hashed rows remember the last address seen (dense rows derive theirs)
+            self.row_hi[r] = hi.take(idx)
+            self.row_lo[r] = lo.take(idx)
         return Lookup(entry, row)
+
+    def _lookup_v4(
+        self, key: npt.NDArray[np.uint64], valid: npt.NDArray[np.bool_] | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Entry (-1: none) and host row (0 where no entry) of IPv4 addresses (only where
+        ``valid``, when given)."""
+        assert self._v4 is not None
+        if self._v4_scan is not None:
+            return self._scan_v4(key, valid, self._v4_scan)
+        entry = _find(self._v4, key, None)
+        if valid is not None:
+            entry[~valid] = -1
+        ok = entry >= 0
+        e = np.maximum(entry, 0)
+        offset = (key - self.net_v4.take(e)).astype(np.int64)  # garbage where not ok
+        if self._all_v4_dense:
+            row = self.row_base.take(e) + offset
+        else:
+            hashed = _mix(key) % MAX_DENSE_HOSTS
+            row = self.row_base.take(e) + np.where(self.dense.take(e), offset, hashed)
+            self._remember_v4(key, row, ok & ~self.dense.take(e))
+        return entry, row * ok
+
+    def _scan_v4(
+        self,
+        key: npt.NDArray[np.uint64],
+        valid: npt.NDArray[np.bool_] | None,
+        ranges: list[tuple[np.uint64, np.uint64, int]],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``_lookup_v4`` for a few ranges: branch-free sums over the (disjoint) ranges."""
+        entry = np.zeros(key.shape[0], dtype=np.int64)  # entry + 1
+        row = np.zeros(key.shape[0], dtype=np.int64)
+        hashed: npt.NDArray[np.int64] | None = None
+        remember: npt.NDArray[np.bool_] | None = None
+        for start, span, owner in ranges:
+            d = key - start  # wraps around below the range
+            inside = d <= span
+            if valid is not None:
+                inside &= valid
+            entry += inside * (owner + 1)
+            base = int(self.row_base[owner])
+            if self.dense[owner]:
+                # the offset in the network: d plus where the range starts in it
+                first = base + int(start) - int(self.net_v4[owner])
+                row += inside * (d.view(np.int64) + first)
+            else:
+                if hashed is None:
+                    hashed = _mix(key) % MAX_DENSE_HOSTS
+                row += inside * (hashed + base)
+                remember = inside if remember is None else remember | inside
+        entry -= 1
+        if remember is not None:
+            self._remember_v4(key, row, remember)
+        return entry, row
+
+    def _remember_v4(
+        self, key: npt.NDArray[np.uint64], row: npt.NDArray[np.int64], hashed: npt.NDArray[np.bool_]
+    ) -> None:
+        """Hashed rows remember the last address seen (dense rows derive theirs)."""
+        if hashed.any():
+            r = row[hashed]
+            self.row_hi[r] = 0
+            self.row_lo[r] = key[hashed] | V4_MAPPED_LO_BASE
 
     def host_address(self, row: int) -> str:
         i = int(self.row_entry[row])
@@ -165,12 +223,33 @@ def _ranges(entries: list[tuple[int, Network]]) -> _Ranges | None:
     )
 
 
-def _find(r: _Ranges, key: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+def _scan(r: _Ranges | None) -> list[tuple[np.uint64, np.uint64, int]] | None:
+    """(start, end - start, owner) of each range when there are few enough to compare a
+    key with each of them rather than search; else None."""
+    if r is None or len(r.starts) > SCAN_RANGES:
+        return None
+    return [
+        (np.uint64(a), np.uint64(b - a), o)
+        for a, b, o in zip(r.starts.tolist(), r.ends.tolist(), r.owner.tolist(), strict=True)
+    ]
+
+
+def _find(
+    r: _Ranges, key: npt.NDArray[np.uint64], scan: list[tuple[np.uint64, np.uint64, int]] | None
+) -> npt.NDArray[np.int64]:
+    if scan is not None:
+        # a few (disjoint) ranges: (key - start) wraps around below the start, so one unsigned
+        # comparison tells inside; branch-free sums beat searchsorted and masked stores here
+        out = np.zeros(key.shape[0], dtype=np.int64)  # owner + 1
+        for start, span, owner in scan:
+            out += ((key - start) <= span) * (owner + 1)
+        out -= 1
+        return out
     pos = np.searchsorted(r.starts, key, side="right") - 1
     ok = pos >= 0
     pos = np.where(ok, pos, 0)
-    ok &= key <= r.ends[pos]
-    return np.where(ok, r.owner[pos], -1)
+    ok &= key <= r.ends.take(pos)
+    return np.where(ok, r.owner.take(pos), -1)
 
 
 def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:

@@ -6,6 +6,10 @@ array (+w at its first bin, -w after its last), so a 60-second record costs two 
 whatever its length; the counts are the cumulative sum along the bins. The window keeps
 ``window_bins`` bins open; a record older than the window is counted as late, never
 silently dropped; bins leaving the window are emitted as settled RateFrames.
+
+Counting is vectorised per batch: records are summed per set of classes (few distinct sets)
+with one bincount per metric into the prefix counters, and every (record, host channel)
+mark goes into the host counters with a single ``np.add.at``.
 """
 
 from __future__ import annotations
@@ -65,16 +69,18 @@ class _Window:
         """Physical rows of logical rows [start, stop)."""
         return (self.head + np.arange(start, stop)) % self.size
 
-    def add(
-        self,
-        logical: npt.NDArray[np.int64],
-        flat_rest: npt.NDArray[np.int64],
-        values: npt.NDArray[np.float64],
-    ) -> None:
-        """delta[logical row, flat index within the row] += values (repeats accumulate)."""
-        per_row = int(np.prod(self.delta.shape[1:]))
-        phys = (self.head + logical) % self.size
-        np.add.at(self.delta.reshape(-1), phys * per_row + flat_rest, values)
+    def offsets(self) -> npt.NDArray[np.int64]:
+        """Flat offset of each logical row 0..W (W: the sink) in ``delta.reshape(-1)``."""
+        return self.rows(0, self.size) * (self.delta.size // self.size)
+
+    def add(self, flat: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:
+        """delta.flat[flat] += values (repeats accumulate).
+
+        ``np.add.at`` (numpy >= 2 has a fast path for it: ~2 ns a value, whatever the array
+        size) rather than ``np.bincount``: a bincount needs a zeroed output as long as the
+        rows it touches (a host window row is hosts x channels wide), which costs more than
+        the values to add."""
+        np.add.at(self.delta.reshape(-1), flat, values)
 
     def shift(self, k: int, keep: bool = True) -> npt.NDArray[np.float64]:
         """Drop k bins from the front; returns the counts of the dropped bins (at most W)
@@ -117,6 +123,7 @@ class RateKeeper:
         e, c, m = len(self.index.networks), len(CLASSES), len(METRICS)
         self.prefix = _Window((e, c, m), w)
         self.hosts = _Window((self.index.rows, len(self.config.host_channels)), w)
+        self.combos = _Combos(self.config.host_channels)
         self.started = False
         self.newest = 0  # newest bin with data time (by arrival)
         self.talkers = TopTalkers(e)
@@ -131,30 +138,30 @@ class RateKeeper:
             return []
         frames = self.advance(float(b.arrival.max()))
         look = self.index.lookup(b.dst_hi, b.dst_lo)
-        inside = look.entry >= 0
+        entry, row = look.entry, look.row
+        inside = entry >= 0
         if cfg.clean_return:
             clean = self._clean_return(b)
             self.stats.clean_return += int((clean & inside).sum())
             inside &= ~clean
-        sel = np.nonzero(inside)[0]
+        sel = np.flatnonzero(inside)
         self.stats.inside += len(sel)
         if not len(sel):
             return frames
+        talkers = bool(self.hot)
         if len(sel) < len(b):
-            b = _columns(b, sel)
-        entry, row = look.entry[sel], look.row[sel]
+            sources = talkers or self.classifier.allowlisted is not None
+            b = _columns(b, sel, sources)
+            entry, row = entry.take(sel), row.take(sel)
         rate = b.sampling_rate.astype(np.float64)
-        values = np.stack(
-            [b.bytes * 8.0 * rate, b.packets * rate, np.ones(len(b))], axis=1
-        )  # (n, metrics)
+        packets = b.packets * rate
         b0, b1, keep = self._bins(b)
-        packets = values[:, PPS].copy()
-        values *= keep[:, None]
-        classes = self.classifier.classes(b)
-        rec, cls = np.nonzero(classes)
-        self._add_prefix(b0[rec], b1[rec], entry[rec], cls, values[rec])
-        self._add_hosts(b0, b1, row, classes, values)
-        if self.hot:
+        # per metric, the value per bin: bps, pps, fps
+        values = (b.bytes * 8.0 * rate * keep, packets * keep, keep)
+        ids, present = self.combos.ids(self.classifier.codes(b))
+        self._add_prefix(b0, b1, entry, ids, present, values)
+        self._add_hosts(b0, b1, row, ids, present, values)
+        if talkers:
             h = np.isin(entry, list(self.hot))
             if h.any():
                 self.talkers.add(
@@ -186,20 +193,28 @@ class RateKeeper:
         """First and last window row of each record, and the share of it kept (per bin)."""
         cfg = self.config
         w = cfg.window_bins
-        first = np.where(np.isnan(b.first), b.arrival, b.first)
-        last = np.where(np.isnan(b.last), b.arrival, b.last)
-        last = np.minimum(last, b.arrival + cfg.future_bins * cfg.bin_seconds)
-        first = np.minimum(first, last)
-        b0 = np.floor(first / cfg.bin_seconds).astype(np.int64) - self.prefix.base
-        b1 = np.floor(last / cfg.bin_seconds).astype(np.int64) - self.prefix.base
+        arrival = b.arrival
+        first = np.where(np.isnan(b.first), arrival, b.first)
+        last = np.where(np.isnan(b.last), arrival, b.last)
+        np.minimum(last, arrival + cfg.future_bins * cfg.bin_seconds, out=last)
+        np.minimum(first, last, out=first)
+        if cfg.bin_seconds != 1.0:  # x / 1.0 == x: skip the divisions of 1-second bins
+            first /= cfg.bin_seconds
+            last /= cfg.bin_seconds
+        b0 = np.floor(first).astype(np.int64)
+        b0 -= self.prefix.base
+        b1 = np.floor(last).astype(np.int64)
+        b1 -= self.prefix.base
         nbins = (b1 - b0 + 1).astype(np.float64)
         late = b1 < 0
         partly = (b0 < 0) & ~late
-        self.stats.late += int(late.sum())
-        self.stats.partly_late += int(partly.sum())
-        keep = np.where(late, 0.0, 1.0 / nbins)  # value per bin
-        b0 = np.clip(b0, 0, w - 1)
-        b1 = np.clip(b1, 0, w - 1)
+        self.stats.late += int(np.count_nonzero(late))
+        self.stats.partly_late += int(np.count_nonzero(partly))
+        keep = np.divide(1.0, nbins)  # value per bin
+        keep[late] = 0.0
+        for col in (b0, b1):  # clip to the window (np.clip has a Python-level overhead)
+            np.maximum(col, 0, out=col)
+            np.minimum(col, w - 1, out=col)
         return b0, b1, keep
 
     def _add_prefix(
@@ -207,43 +222,73 @@ class RateKeeper:
         b0: npt.NDArray[np.int64],
         b1: npt.NDArray[np.int64],
         entry: npt.NDArray[np.int64],
-        cls: npt.NDArray[np.int64],
-        values: npt.NDArray[np.float64],
+        ids: npt.NDArray[np.int64],
+        present: npt.NDArray[np.int64],
+        values: tuple[npt.NDArray[np.float64], ...],
     ) -> None:
-        """delta[b0, entry, class] += v and delta[b1 + 1, ...] -= v, with one bincount per
-        metric over the whole (small) prefix array: far cheaper than ufunc.at."""
+        """delta[b0, entry, class] += v and delta[b1 + 1, ...] -= v for every class of each
+        record.
+
+        Records are summed per class set (combination of classes, a handful in practice)
+        with one bincount per metric over the rows the batch touches, then the sums of the
+        class sets are spread to their classes with one small matrix product."""
         win = self.prefix
-        e, c, m = win.delta.shape[1:]
-        cell = entry * c + cls
-        per_row = e * c
-        start = ((win.head + b0) % win.size) * per_row + cell
-        stop = ((win.head + b1 + 1) % win.size) * per_row + cell
-        size = win.size * per_row
-        flat = win.delta.reshape(size, m)
-        for k in range(m):
-            flat[:, k] += np.bincount(start, values[:, k], minlength=size)
-            flat[:, k] -= np.bincount(stop, values[:, k], minlength=size)
+        e = win.delta.shape[1]
+        k = len(present)
+        lo, hi = int(b0.min()), int(b1.max()) + 1  # logical rows touched (hi <= W: sink)
+        per_row = e * k
+        cell = entry * k
+        cell += ids
+        cell -= lo * per_row
+        start = b0 * per_row
+        start += cell
+        stop = b1 * per_row
+        stop += cell + per_row
+        size = (hi - lo + 1) * per_row
+        sums = np.empty((len(values), size))
+        for j, v in enumerate(values):
+            sums[j] = np.bincount(start, v, minlength=size)
+            sums[j] -= np.bincount(stop, v, minlength=size)
+        # (metrics, rows x entries, sets) @ (sets, classes) -> (rows, entries, classes, metrics)
+        spread = np.matmul(sums.reshape(len(values), -1, k), self.combos.member[present])
+        win.delta[win.rows(lo, hi + 1)] += spread.reshape(
+            len(values), hi - lo + 1, e, -1
+        ).transpose(1, 2, 3, 0)
 
     def _add_hosts(
         self,
         b0: npt.NDArray[np.int64],
         b1: npt.NDArray[np.int64],
         row: npt.NDArray[np.int64],
-        classes: npt.NDArray[np.bool_],
-        values: npt.NDArray[np.float64],
+        ids: npt.NDArray[np.int64],
+        present: npt.NDArray[np.int64],
+        values: tuple[npt.NDArray[np.float64], ...],
     ) -> None:
-        channels = self.hosts.delta.shape[2]
-        for ch, (c, metric) in enumerate(self.config.host_channels):
-            sel = np.nonzero(classes[:, c])[0]
-            if not len(sel):
+        """hosts[b0, row, channel] += v and hosts[b1 + 1, row, channel] -= v for the channels
+        of each record's classes, with one ``add.at`` over all channels."""
+        win = self.hosts
+        channels = win.delta.shape[2]
+        offset = win.offsets()
+        cell = row * channels
+        start = offset.take(b0)
+        start += cell
+        stop = offset.take(b1 + 1)
+        stop += cell
+        flat: list[npt.NDArray[np.int64]] = []
+        add: list[npt.NDArray[np.float64]] = []
+        for ch, (_, metric) in enumerate(self.config.host_channels):
+            counted = self.combos.channel[present, ch]
+            if not counted.any():
                 continue
-            v = values[sel, metric]
-            cell = row[sel] * channels + ch
-            self.hosts.add(
-                np.concatenate([b0[sel], b1[sel] + 1]),
-                np.concatenate([cell, cell]),
-                np.concatenate([v, -v]),
-            )
+            v = values[metric]
+            if counted.all():  # every record of the batch (the total, say)
+                s, t = start, stop
+            else:
+                sel = np.flatnonzero(counted.take(ids))
+                s, t, v = start.take(sel), stop.take(sel), v.take(sel)
+            flat += [s + ch, t + ch] if ch else [s, t]
+            add += [v, -v]
+        win.add(np.concatenate(flat), np.concatenate(add))
 
     # ------------------------------------------------------------------ time
     def advance(self, now: float) -> list[RateFrame]:
@@ -306,17 +351,49 @@ _USED = (
     "fragment",
     "src_port",
     "dst_port",
-    "src_hi",
-    "src_lo",
-    "exporter_hi",
-    "exporter_lo",
-    "input_if",
 )
+#: read too by the allowlist classes and the top talkers
+_SOURCES = ("src_hi", "src_lo")
 
 
-def _columns(b: FlowBatch, sel: npt.NDArray[np.intp]) -> FlowBatch:
+def _columns(b: FlowBatch, sel: npt.NDArray[np.intp], sources: bool) -> FlowBatch:
     """The records ``sel`` of a batch, with only the columns the rates read filled."""
     out = FlowBatch.empty(0)
-    for name in _USED:
-        setattr(out, name, getattr(b, name)[sel])
+    for name in _USED + _SOURCES if sources else _USED:
+        setattr(out, name, getattr(b, name).take(sel))
     return out
+
+
+class _Combos:
+    """The class sets (bit codes of ``Classifier.codes``) seen so far, numbered as they come.
+
+    Traffic has few distinct class sets, so counting per set and spreading the sums to the
+    classes afterwards is much cheaper than counting every (record, class) pair."""
+
+    def __init__(self, host_channels: tuple[tuple[int, int], ...]) -> None:
+        self.number = np.full(1 << len(CLASSES), -1, dtype=np.int64)  # code -> set number
+        self.codes: list[int] = []
+        self.host_classes = np.array([c for c, _ in host_channels], dtype=np.int64)
+        #: (sets, classes) 1.0 where a set has a class; (sets, channels) host channels
+        self.member = np.zeros((0, len(CLASSES)))
+        self.channel = np.zeros((0, len(host_channels)), dtype=bool)
+
+    def ids(
+        self, codes: npt.NDArray[np.uint16]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Per record, a number among the sets present in the batch; and those sets."""
+        ids = self.number.take(codes)
+        if ids.min() < 0:
+            for code in np.unique(codes[ids < 0]).tolist():
+                self.number[code] = len(self.codes)
+                self.codes.append(code)
+            bits = np.array(self.codes)[:, None] >> np.arange(len(CLASSES)) & 1
+            self.member = bits.astype(np.float64)
+            self.channel = bits[:, self.host_classes].astype(bool)
+            ids = self.number.take(codes)
+        present = np.flatnonzero(np.bincount(ids, minlength=len(self.codes)))
+        if len(present) < len(self.codes):  # renumber among the sets present
+            local = np.zeros(len(self.codes), dtype=np.int64)
+            local[present] = np.arange(len(present))
+            ids = local.take(ids)
+        return ids, present

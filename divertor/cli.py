@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also record the timeline, traffic and talkers in this timeline store",
     )
+    r.add_argument("--history", metavar="DIR", help="also record the rates in this history")
     r.add_argument(
         "--allowlist-feed",
         metavar="FILE",
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     tshow.add_argument("file")
     tshow.add_argument("prefix")
     tsub.add_parser("schema", help="print the JSON schema of the thresholds file")
+    from divertor import history_cmd
+
+    history_cmd.add_threshold_actions(tsub)  # thresholds recommend|backtest|diff
+    history_cmd.add_parser(sub)  # history baseline|info
     from divertor import allowlist_cmd
 
     allowlist_cmd.add_parser(sub)  # allowlist load|export|show|stats|serve
@@ -65,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     from divertor import incidents_cmd
 
     incidents_cmd.add_parser(sub)  # incidents list|show|export
+    from divertor import run_cmd
+
+    run_cmd.add_parser(sub)  # run, status
+    from divertor import send_cmd
+
+    send_cmd.add_parser(sub)  # send CAPTURE --to HOST:PORT
     return parser
 
 
@@ -105,6 +116,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             pipeline_config=args.config,
         )
         return collect_cmd.run(opts)
+    if args.command == "send":
+        from divertor import send_cmd
+
+        return send_cmd.run(args)
+    if args.command in ("run", "status"):
+        from divertor import run_cmd
+
+        return run_cmd.run(args) if args.command == "run" else run_cmd.status(args)
     if args.command == "incidents":
         from divertor import incidents_cmd
 
@@ -123,10 +142,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.drain,
                 allowlist_feed=args.allowlist_feed,
                 store=args.store,
+                history=args.history,
             )
         except (OSError, ValueError) as e:
             print(f"divertor replay: {e}", file=sys.stderr)
             return 2
+    if args.command == "history" or getattr(args, "action", None) in history_actions():
+        from divertor import history_cmd
+
+        return history_cmd.dispatch(args)
     if args.command == "thresholds":
         import json
 
@@ -144,6 +168,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 1
         return 0
     return 1
+
+
+def history_actions() -> tuple[str, ...]:
+    from divertor import history_cmd
+
+    return history_cmd.THRESHOLD_ACTIONS
 
 
 if __name__ == "__main__":

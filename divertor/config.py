@@ -188,6 +188,58 @@ class BgpConfig:
 
 
 @dataclass(slots=True)
+class ApiConfig:
+    """The daemon's HTTP API: /metrics, /status, /incidents and the write endpoints."""
+
+    listen: str = "127.0.0.1:9180"  # host:port or [v6]:port; "" turns the API off
+    #: file holding the token of the write endpoints (Authorization: Bearer); relative to
+    #: this file; none: the write endpoints answer 403
+    token_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"listen {self.listen!r}: expected host:port or [v6]:port")
+            _address(host.strip("[]"), "listen")
+        if self.token_file is not None:
+            _plain(self.token_file, "token_file")
+
+
+@dataclass(slots=True)
+class TimelineConfig:
+    """The timeline store of `divertor run` (docs/incidents.md)."""
+
+    path: str = "/var/lib/divertor/timeline.sqlite"  # relative to this file
+    retention_days: float = 90.0  # lines and incident bins older than this are pruned
+    keep_recent: float = 600.0  # seconds of every prefix's bins kept outside incidents
+    pre_incident: float = 300.0  # seconds of bins kept before an incident starts
+
+    def __post_init__(self) -> None:
+        _plain(self.path, "path")
+        if self.retention_days <= 0:
+            raise ValueError("retention_days must be > 0")
+        if not 0 <= self.pre_incident <= self.keep_recent:
+            raise ValueError("need 0 <= pre_incident <= keep_recent")
+
+
+@dataclass(slots=True)
+class DaemonConfig:
+    """How `divertor run` moves work between its threads."""
+
+    queue_batches: int = 64  # receive -> decode hand-over; a full queue drops (counted)
+    stats_interval: float = 60.0  # seconds between stats lines in the log
+    exporter_silent_after: float = 120.0  # seconds without datagrams: "exporter silent"
+    state_every: float = 60.0  # seconds between saves of the decoder's template state
+
+    def __post_init__(self) -> None:
+        if self.queue_batches < 1:
+            raise ValueError("queue_batches must be >= 1")
+        if min(self.stats_interval, self.exporter_silent_after, self.state_every) <= 0:
+            raise ValueError("intervals must be > 0")
+
+
+@dataclass(slots=True)
 class CleanReturn:
     """Flows of clean traffic coming back from the scrubbing center (GRE, VLAN)."""
 
@@ -206,6 +258,9 @@ class Config:
     bgp: BgpConfig = field(default_factory=BgpConfig)
     clean_return: list[CleanReturn] = field(default_factory=list)
     allowlist: AllowlistConfig = field(default_factory=AllowlistConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    timeline: TimelineConfig = field(default_factory=TimelineConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: str = field(default="", init=False)
 
 
@@ -215,5 +270,11 @@ def load(path: str) -> Config:
     cfg.source = path
     if not os.path.isabs(cfg.thresholds):
         cfg.thresholds = os.path.join(os.path.dirname(os.path.abspath(path)), cfg.thresholds)
-    cfg.allowlist.resolve(os.path.dirname(os.path.abspath(path)))
+    base = os.path.dirname(os.path.abspath(path))
+    cfg.allowlist.resolve(base)
+    cfg.timeline.path = os.path.join(base, cfg.timeline.path)
+    if cfg.api.token_file is not None:
+        cfg.api.token_file = os.path.join(base, cfg.api.token_file)
+    if cfg.collector.state_file is not None:
+        cfg.collector.state_file = os.path.join(base, cfg.collector.state_file)
     return cfg

@@ -20,7 +20,7 @@ from collector.datagram import DatagramBatch
 from collector.decoder import Decoder
 from collector.flowbatch import addr_to_pair
 from detector.classify import Classifier, Membership
-from detector.contracts import IncidentEvent, RateFrame, State, Status, Verdict
+from detector.contracts import DesiredSet, IncidentEvent, RateFrame, State, Status, Verdict
 from detector.incidents import IncidentManager
 from detector.prefixes import PrefixIndex
 from detector.rates import PPS, RateConfig, RateKeeper
@@ -49,20 +49,55 @@ class Pipeline:
         self, config: Config, ts: ThresholdSet, allowlisted: Membership | None = None
     ) -> None:
         self.config, self.ts = config, ts
+        self.allowlisted = allowlisted
         self.decoder = Decoder(config.collector.decoder())
-        bin_s = ts.bin_seconds
-        self.index = PrefixIndex([p.prefix for p in ts.policies])
+        self._build_rates(config, ts)
+        self._build_evaluator(config, ts)
+        self.incidents = IncidentManager(ts)
+        # the same safety policy as the daemon: bounds, limits, dampening, next hops, RPKI
+        self.planner = make_policy(config, ts).planner()
+        self.allowlist: Any = None  # the allowlist state behind ``allowlisted``, if kept here
+        self.next_eval: float | None = None
+        self.first_arrival = 0.0
+        self.last_verdicts: dict[str, Verdict] = {}
+        self.records = 0
+        #: where settled RateFrames go (the timeline store); None: nowhere
+        self.frame_sink: Callable[[list[RateFrame]], None] | None = None
+        #: top talkers at each incident transition: (incident, prefix, top)
+        self.talkers: list[tuple[int, str, dict[str, Any]]] = []
+        #: where DesiredSets go instead of the dry-run planner (the daemon's BGP engine)
+        self.desired_sink: Callable[[DesiredSet], None] | None = None
+
+    def _rate_config(self, config: Config, ts: ThresholdSet) -> tuple[Any, ...]:
+        """What the rate counters depend on: equal before and after a reload = keep them."""
         clean = frozenset((*addr_to_pair(c.exporter), c.interface) for c in config.clean_return)
+        return (
+            tuple(p.prefix for p in ts.policies),
+            ts.ports,
+            ts.bin_seconds,
+            math.ceil(config.detector.window / ts.bin_seconds),
+            host_channels(ts),
+            clean,
+        )
+
+    def _build_rates(self, config: Config, ts: ThresholdSet) -> None:
+        prefixes, ports, bin_s, window_bins, channels, clean = self._rate_config(config, ts)
+        self.index = PrefixIndex(list(prefixes))
         self.keeper = RateKeeper(
             self.index,
-            Classifier(ts.ports, allowlisted),
+            Classifier(ports, self.allowlisted),
             RateConfig(
                 bin_seconds=bin_s,
-                window_bins=math.ceil(config.detector.window / bin_s),
-                host_channels=host_channels(ts),
+                window_bins=window_bins,
+                host_channels=channels,
                 clean_return=clean,
             ),
         )
+        self.shares = _Shares(self.keeper, self.index) if self.allowlisted is not None else None
+        self._entry = {str(net): i for i, net in enumerate(self.index.networks)}
+
+    def _build_evaluator(self, config: Config, ts: ThresholdSet) -> None:
+        bin_s = ts.bin_seconds
         self.evaluator = Evaluator(
             ts,
             self.index,
@@ -73,20 +108,22 @@ class Pipeline:
                 under_bins=math.ceil(config.detector.under_window / bin_s),
             ),
         )
-        self.incidents = IncidentManager(ts)
-        # the same safety policy as the daemon: bounds, limits, dampening, next hops, RPKI
+
+    def reload(self, config: Config, ts: ThresholdSet) -> dict[str, Any]:
+        """Take a new configuration and thresholds file without losing what is known:
+        the decoder's templates stay, incidents of prefixes still protected keep their
+        state, and the rate counters stay unless the prefixes, ports, bin, window or host
+        channels changed (then they start again, empty). Returns what happened."""
+        kept = self._rate_config(config, ts) == self._rate_config(self.config, self.ts)
+        if not kept:
+            self._build_rates(config, ts)
+            self.next_eval = None
+        self._build_evaluator(config, ts)
+        dropped = self.incidents.retarget(ts)
         self.planner = make_policy(config, ts).planner()
-        self.shares = _Shares(self.keeper, self.index) if allowlisted is not None else None
-        self.allowlist: Any = None  # the allowlist state behind ``allowlisted``, if kept here
-        self.next_eval: float | None = None
-        self.first_arrival = 0.0
-        self.last_verdicts: dict[str, Verdict] = {}
-        self.records = 0
-        #: where settled RateFrames go (the timeline store); None: nowhere
-        self.frame_sink: Callable[[list[RateFrame]], None] | None = None
-        #: top talkers at each incident transition: (incident, prefix, top)
-        self.talkers: list[tuple[int, str, dict[str, Any]]] = []
-        self._entry = {str(net): i for i, net in enumerate(self.index.networks)}
+        self.config, self.ts = config, ts
+        self.last_verdicts = {p: v for p, v in self.last_verdicts.items() if p in self._entry}
+        return {"rates_kept": kept, "prefixes": len(ts.policies), "dropped": dropped}
 
     def feed(self, batch: DatagramBatch, out: Timeline) -> None:
         if not len(batch):
@@ -135,7 +172,11 @@ class Pipeline:
             if e.old in (State.NORMAL, State.CLOSED):
                 self.keeper.talkers.reset(entry)  # talkers of this incident only
             self.talkers.append((e.incident, e.prefix, self.keeper.talkers.top(entry, 10)))
-        for change in self.planner.plan(self.incidents.desired(t)):
+        desired = self.incidents.desired(t)
+        if self.desired_sink is not None:
+            self.desired_sink(desired)
+            return
+        for change in self.planner.plan(desired):
             out.add(change.as_dict())
 
     def stats(self) -> dict[str, Any]:

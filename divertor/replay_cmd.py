@@ -24,7 +24,7 @@ from collector.datagram import DatagramBatch
 from collector.sources.pcap import read_pcap
 from detector.contracts import RateFrame
 from divertor import config as config_mod
-from divertor import incidents_cmd
+from divertor import history_cmd, incidents_cmd
 from divertor.pipeline import Pipeline, Timeline
 
 MAX_BATCH = 1024
@@ -52,6 +52,7 @@ def replay(
     progress: TextIO | None = None,
     allowlist_feed: str | None = None,
     store: str | None = None,
+    history: str | None = None,
 ) -> tuple[list[dict[str, Any]], Pipeline]:
     """Replay a capture; with ``allowlist_feed`` (or a configured ``allowlist.feed`` or
     ``allowlist.static``), the allowlist is replayed beside it on event time: the feed's
@@ -76,6 +77,7 @@ def replay(
     frames: list[RateFrame] = []
     if store is not None:
         pipe.frame_sink = frames.extend
+    recorder = history_cmd.recorder(history, pipe, ts.bin_seconds) if history else None
     out = Timeline()
     started = time.monotonic()
     last = 0.0
@@ -97,8 +99,13 @@ def replay(
             cursor.apply_until(state, last + drain)
         pipe.tick(last + drain, out)
     pipe.allowlist = state
-    if store is not None:
+    if store is not None or recorder is not None:
         pipe.flush()
+    if recorder is not None:
+        recorder.close(out.lines)
+        if progress is not None:
+            progress.write(f"replay: {recorder.minutes} minutes of rates recorded in {history}\n")
+    if store is not None:
         ids = incidents_cmd.record_replay(out.lines, frames, pipe.talkers, store, ts)
         if progress is not None:
             progress.write(f"replay: incidents {ids} recorded in {store}\n")
@@ -118,9 +125,10 @@ def run(
     out: TextIO | None = None,
     allowlist_feed: str | None = None,
     store: str | None = None,
+    history: str | None = None,
 ) -> int:
     out = out if out is not None else sys.stdout  # looked up now, not at import
-    lines, pipe = replay(capture, config_path, drain, sys.stderr, allowlist_feed, store)
+    lines, pipe = replay(capture, config_path, drain, sys.stderr, allowlist_feed, store, history)
     for line in lines:
         out.write(json.dumps(line) + "\n")
     json.dump({"stats": pipe.stats()}, sys.stderr)

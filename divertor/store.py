@@ -385,6 +385,10 @@ class TimelineStore:
             for r in self._all(f"{_INC} {where} ORDER BY id", (prefix,) if prefix else ())
         ]
 
+    def open_incidents(self) -> list[Incident]:
+        """Incidents not ended yet, oldest first."""
+        return [self._incident(r) for r in self._all(f"{_INC} WHERE end_time IS NULL ORDER BY id")]
+
     def get_incident(self, ident: int) -> Incident | None:
         row = self._one(f"{_INC} WHERE id = ?", (ident,))
         return None if row is None else self._incident(row)

@@ -7,6 +7,7 @@ code under test.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -375,6 +376,186 @@ def test_rateframes_leave_the_window_in_order_with_their_values() -> None:
         assert emitted[T0 + s] == T0 + s + (window - future)
         assert values[T0 + s] == pytest.approx((s + 1) * 10)
     assert k.stats.frames == 8
+
+
+# --------------------------------------------------------------------------- reference
+# The counters are filled with a few vectorised passes (bincounts per class set, one add.at
+# over every host channel); these tests hold them against a plain per-record loop.
+REFERENCE = """
+version: 1
+defaults:
+  thresholds:
+    total: {pps: 1M, bps: 1G}
+    udp: {pps: 1M}
+    tcp_syn: {pps: 1M}
+    amplification: {pps: 1M}
+    icmp: {pps: 1M}
+    fragments: {pps: 1M}
+    sip: {pps: 1M}
+    rtp: {pps: 1M}
+  host_thresholds:
+    udp: {pps: 1M, bps: 1G}
+    tcp_syn: {pps: 1M}
+prefixes:
+  198.18.10.0/24: {}
+  198.18.64.0/22: {}
+  198.18.66.0/24: {}
+  2001:db8:a00::/48: {}
+"""
+REF_HOSTS = (
+    [f"198.18.10.{i}" for i in (1, 2, 3, 200)]
+    + [f"198.18.{a}.{i}" for a in (64, 65, 66, 67) for i in (1, 9)]
+    + ["2001:db8:a00::1", "2001:db8:a00:5::7", "192.0.2.1", "2001:db8:b00::1"]  # 2 outside
+)
+REF_PORTS = (53, 123, 11211, 5060, 5061, 16384, 20000, 32767, 80, 443, 40000)
+
+
+def _reference_classes(proto: int, flags: int, sport: int, dport: int, frag: int) -> set[str]:
+    amplification = thresholds.model.PortSets().amplification
+    tcp, udp = proto == TCP, proto == UDP
+    out = {"total"}
+    out |= {"tcp"} if tcp else set()
+    out |= {"tcp_syn"} if tcp and flags & 0x02 and not flags & 0x10 else set()
+    out |= {"udp"} if udp else set()
+    out |= {"icmp"} if proto in (ICMP, ICMP6) else set()
+    out |= {"fragments"} if frag else set()
+    out |= {"amplification"} if udp and sport in amplification else set()
+    out |= {"sip"} if (tcp or udp) and {sport, dport} & {5060, 5061} else set()
+    out |= {"rtp"} if udp and 16384 <= dport <= 32767 else set()
+    return out
+
+
+def _random_batch(rng: np.random.Generator, t: float, n: int) -> FlowBatch:
+    """Records to a few hosts (repeated cells), of every class, many of them covering many
+    bins, some partly or wholly before the window, some stamped in the future, some without
+    times."""
+    dst = [REF_HOSTS[i] for i in rng.integers(0, len(REF_HOSTS), n)]
+    b = flows(dst)
+    b.protocol[:] = rng.choice([TCP, UDP, ICMP, ICMP6, 47], n)
+    b.tcp_flags[:] = rng.choice([0x02, 0x12, 0x10, 0x1B, 0x18], n)
+    b.src_port[:] = rng.choice(REF_PORTS, n)
+    b.dst_port[:] = rng.choice(REF_PORTS, n)
+    b.fragment[:] = rng.random(n) < 0.1
+    b.packets[:] = rng.integers(1, 1000, n)
+    b.bytes[:] = b.packets * rng.integers(40, 1500, n)
+    b.sampling_rate[:] = rng.choice([1, 10, 1000], n)
+    b.arrival[:] = t + rng.random(n)
+    b.last[:] = b.arrival - rng.exponential(3.0, n) + 3.0  # a few after the arrival
+    b.first[:] = b.last - rng.exponential(6.0, n)
+    b.first[rng.random(n) < 0.05] = t - 40.0  # partly before the window
+    old = rng.random(n) < 0.05
+    b.first[old], b.last[old] = t - 60.0, t - 50.0  # wholly before it: late
+    b.first[rng.random(n) < 0.03] = np.nan
+    b.last[rng.random(n) < 0.03] = np.nan
+    return b
+
+
+def _close(got: npt.NDArray[np.float64], want: npt.NDArray[np.float64]) -> None:
+    """Equal but for float rounding: relative, and absolute against the largest value of
+    the same metric (a difference array leaves ~1e-16 of its sums behind)."""
+    scale = np.abs(want).reshape(-1, want.shape[-1]).max(axis=0)
+    for m in range(want.shape[-1]):
+        np.testing.assert_allclose(got[..., m], want[..., m], rtol=1e-9, atol=1e-12 * scale[m])
+
+
+def test_counters_equal_a_per_record_reference() -> None:
+    window, future = 16, 2
+    ts = load(REFERENCE)
+    k = keeper_for(ts, window=window, future=future)
+    chans = k.config.host_channels
+    assert len(chans) > 3 and any(m != PPS for _, m in chans)  # bps and pps host channels
+    e = len(k.index.networks)
+    rng = np.random.default_rng(7)
+    prefix: dict[tuple[int, int], npt.NDArray[np.float64]] = {}  # (bin, entry) -> (C, M)
+    hosts: dict[tuple[int, int], npt.NDArray[np.float64]] = {}  # (bin, row) -> (K,)
+    late = 0
+    for step in range(12):  # time moves by 5 bins a batch: the ring wraps around 3 times
+        b = _random_batch(rng, T0 + 5 * step, 300)
+        k.ingest(b)
+        base = k.prefix.base  # the window is bins [base, base + W) for this batch
+        look = k.index.lookup(b.dst_hi, b.dst_lo)
+        for i in range(len(b)):
+            if look.entry[i] < 0:
+                continue
+            arrival = b.arrival[i]
+            first = arrival if np.isnan(b.first[i]) else b.first[i]
+            last = arrival if np.isnan(b.last[i]) else b.last[i]
+            last = min(last, arrival + future)
+            first = min(first, last)
+            f, lst = int(np.floor(first)), int(np.floor(last))
+            late += lst < base
+            rate_ = float(b.sampling_rate[i])
+            v = np.array([b.bytes[i] * 8.0 * rate_, b.packets[i] * rate_, 1.0]) / (lst - f + 1)
+            cls = _reference_classes(
+                int(b.protocol[i]),
+                int(b.tcp_flags[i]),
+                int(b.src_port[i]),
+                int(b.dst_port[i]),
+                int(b.fragment[i]),
+            )
+            mask = np.array([c in cls for c in CLASSES], dtype=float)
+            hv = np.array([v[m] if CLASSES[c] in cls else 0.0 for c, m in chans])
+            for s in range(max(f, base), min(lst, base + window - 1) + 1):
+                key = (s, int(look.entry[i]))
+                prefix[key] = prefix.get(key, np.zeros((len(CLASSES), 3))) + mask[:, None] * v
+                key = (s, int(look.row[i]))
+                hosts[key] = hosts.get(key, np.zeros(len(chans))) + hv
+        # every open bin, prefixes and hosts, against the reference
+        want_p = np.zeros((window, e, len(CLASSES), 3))
+        want_h = np.zeros((window, k.index.rows, len(chans)))
+        for (s, i), val in prefix.items():
+            if base <= s < base + window:
+                want_p[s - base, i] = val
+        for (s, r), val in hosts.items():
+            if base <= s < base + window:
+                want_h[s - base, r] = val
+        _close(k.prefix.counts(0, window), want_p)
+        _close(k.hosts.counts(0, window), want_h)
+        assert want_h.sum() > 0 and (want_p[..., PPS] > 0).sum() > 20
+    assert k.stats.late == late > 0
+    assert k.prefix.base > window * 3  # wrapped around
+
+
+def test_ipv4_and_ipv6_lookup_equal_a_per_address_search() -> None:
+    nets = [
+        "10.0.0.0/8",  # hashed host rows (more than 65536 addresses)
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "192.0.2.0/24",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+    ]
+    many = nets + [f"172.16.{4 * i}.0/22" for i in range(12)]  # more ranges than a scan takes
+    rng = np.random.default_rng(3)
+    for networks in (nets, many):
+        index = PrefixIndex([ipaddress.ip_network(n) for n in networks])
+        addrs = [
+            str(ipaddress.ip_network(networks[j]).network_address + int(rng.integers(0, 300)))
+            for j in rng.integers(0, len(networks), 400)
+        ]
+        addrs += [str(ipaddress.IPv4Address(int(x))) for x in rng.integers(0, 2**32, 100)]
+        addrs += ["::1", "::", "2001:db9::1", "0.0.0.0", "255.255.255.255", "10.255.255.255"]
+        rng.shuffle(addrs)
+        for batch in (addrs, [a for a in addrs if ":" not in a]):  # mixed, IPv4 only
+            pairs = np.array([addr_to_pair(a) for a in batch], dtype=np.uint64)
+            got = index.lookup(pairs[:, 0].copy(), pairs[:, 1].copy())
+            for a, entry, row in zip(batch, got.entry, got.row, strict=True):
+                ip = ipaddress.ip_address(a)
+                owners = [
+                    (net.prefixlen, i)
+                    for i, net in enumerate(index.networks)
+                    if net.version == ip.version and ip in net
+                ]
+                want = max(owners)[1] if owners else -1
+                assert entry == want, a
+                if want >= 0 and index.dense[want]:
+                    offset = int(ip) - int(index.networks[want].network_address)
+                    assert row == index.row_base[want] + offset, a
+                elif want >= 0:
+                    assert (
+                        index.row_base[want] <= row < index.row_base[want] + index.row_count[want]
+                    )
+                    assert index.host_address(int(row)) == a or ip.version == 6
 
 
 # =========================================================================== verdicts

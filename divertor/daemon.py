@@ -1,0 +1,459 @@
+"""`divertor run`: the whole engine live, wired from one configuration file.
+
+Threads: the receive thread takes datagrams off the sockets into batches and puts them on
+a bounded queue (a full queue drops whole batches, counted: overload never blocks the
+receive loop); the main thread decodes, counts rates, evaluates every bin boundary on the
+arrival time of the datagrams (or the clock when none arrive), moves incidents and hands
+their DesiredSet to the BGP worker and every timeline line, RateFrame and talker list to
+the timeline writer (divertor/workers.py); the allowlist service and the HTTP API have
+threads of their own. The incident states are saved beside the timeline store at every
+change, so a restart (even after kill -9) resumes a diversion where it was instead of
+withdrawing it. See docs/how-it-works.md and docs/runbook.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import thresholds
+from allowlist.service import AllowlistService
+from bgp.engine import Engine
+from collector.datagram import DatagramBatch
+from collector.sources.udp import UdpListener, UdpListenerConfig
+from detector.contracts import DesiredSet
+from divertor import config as config_mod
+from divertor.bgp_cmd import Setup, make_policy
+from divertor.incidents_cmd import thresholds_lines
+from divertor.pipeline import Pipeline, Timeline
+from divertor.store import TimelineStore
+from divertor.workers import BgpWorker, TimelineWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    config: str
+    manage_exabgp: bool = True  # start/adopt ExaBGP when peers are configured
+    withdraw_on_stop: bool = False
+    stop_exabgp: bool = False
+
+
+class _Live(Timeline):
+    """The pipeline's timeline, handed to the writer as it comes (the order is kept: an
+    incident's line is queued before the DesiredSet that announces it)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def add(self, line: dict[str, Any]) -> None:
+        self.daemon.record([line])
+
+
+def allowlist_configured(cfg: config_mod.Config) -> bool:
+    a = cfg.allowlist
+    return bool(a.store or a.feed or a.snapshot_dir or a.static or a.api_listen)
+
+
+class Daemon:
+    """Inert until ``start``; ``run`` decodes until ``stop_event``; ``stop`` cleans up."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.lock = threading.Lock()  # guards the status snapshot
+        self.queue: queue.Queue[DatagramBatch] = queue.Queue()
+        self.counters = {
+            "overload_batches": 0,
+            "overload_datagrams": 0,
+            "flow_records": 0,
+            "reloads_ok": 0,
+            "reloads_refused": 0,
+        }
+        self.lag = 0.0
+        self.rates: dict[str, npt.NDArray[np.float64]] = {}
+        self.started = 0.0
+        self.last_reload: dict[str, Any] = {}
+        self._exporters: dict[str, tuple[int, float, bool]] = {}  # datagrams, since, silent
+        self._snapshot_text = ""
+
+    # ------------------------------------------------------------------ start
+    def start(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.started = now
+        self.cfg = cfg = config_mod.load(self.options.config)
+        self.ts = ts = thresholds.load(cfg.thresholds)
+        self.queue = queue.Queue(cfg.daemon.queue_batches)
+        self.listener = UdpListener(  # bound first: a port in use fails before anything runs
+            UdpListenerConfig(listen=cfg.collector.listen, rcvbuf=cfg.collector.rcvbuf),
+            self._enqueue,
+        )
+        self.listener.start()
+        os.makedirs(os.path.dirname(cfg.timeline.path) or ".", exist_ok=True)
+        self.store = TimelineStore(
+            cfg.timeline.path,
+            keep_recent=cfg.timeline.keep_recent,
+            pre_incident=cfg.timeline.pre_incident,
+            max_age_days=cfg.timeline.retention_days,
+        )
+        self.writer = TimelineWriter(self.store)
+        self.allowlist: AllowlistService | None = None
+        if allowlist_configured(cfg):
+            self.allowlist = AllowlistService(cfg.allowlist, now)
+        self.pipe = Pipeline(
+            cfg, ts, self.allowlist.membership if self.allowlist is not None else None
+        )
+        if self.allowlist is not None:
+            self.pipe.allowlist = self.allowlist.state
+        if cfg.collector.state_file and self.pipe.decoder.load(cfg.collector.state_file):
+            log.info("restored decoder state from %s", cfg.collector.state_file)
+        restored = self._restore(now)
+        self.pipe.frame_sink = self.writer.frames
+        self.pipe.desired_sink = self._desired
+        self.timeline = _Live(self)
+        base = os.path.dirname(os.path.abspath(self.options.config))
+        setup = Setup(cfg, ts, make_policy(cfg, ts), os.path.join(base, cfg.bgp.state_dir))
+        manage = self.options.manage_exabgp and bool(cfg.bgp.peers)
+        self.bgp = BgpWorker(setup, self.record, manage)
+        self.record(
+            [
+                {
+                    "time": now,
+                    "type": "daemon",
+                    "event": "started",
+                    "pid": os.getpid(),
+                    "config": cfg.source,
+                    "thresholds": ts.source,
+                    "mode": cfg.bgp.mode,
+                    "restored": restored,
+                    "reason": f"divertor run started ({len(restored)} incident(s) resumed)",
+                },
+                *thresholds_lines(ts, now),
+            ]
+        )
+        self.writer.start()
+        self.record(self.bgp.start(now))
+        self._thread = threading.Thread(
+            target=self.listener.run, args=(self.stop_event,), name="udp-receive", daemon=True
+        )
+        self._thread.start()
+        if self.allowlist is not None:
+            self.allowlist.start_api()
+            self.allowlist.start()
+        self.api: Any = None
+        if cfg.api.listen:
+            from divertor.api import start_api
+
+            self.api = start_api(self, cfg.api)
+        log.info("listening for flows on %s", self.listener.addresses)
+
+    @property
+    def snapshot_path(self) -> str:
+        return self.cfg.timeline.path + ".incidents.json"
+
+    def _restore(self, now: float) -> list[str]:
+        """Resume the incidents saved by the last run; end the others it left open."""
+        snap: dict[str, Any] = {}
+        try:
+            with open(self.snapshot_path) as fh:
+                snap = json.load(fh)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.error("incident state %s unreadable, not resumed: %s", self.snapshot_path, e)
+        inc = self.pipe.incidents
+        restored = inc.restore(snap) if snap else []
+        inc.next_incident = max(inc.next_incident, self.store.next_incident_id())
+        keep = {inc.tracks[p].incident for p in restored}
+        stale = [i.id for i in self.store.open_incidents() if i.engine_id not in keep]
+        if stale:
+            self.store.mark_interrupted("engine restarted", ids=stale)
+        self._snapshot_text = json.dumps(inc.snapshot(), sort_keys=True)
+        return restored
+
+    # ------------------------------------------------------------------ hand-overs
+    def _enqueue(self, batch: DatagramBatch) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            self.counters["overload_batches"] += 1
+            self.counters["overload_datagrams"] += len(batch)
+
+    def record(self, lines: list[dict[str, Any]]) -> None:
+        """Timeline lines from any thread: to the store (in order) and to the log."""
+        for line in lines:
+            if line.get("type") not in ("verdict", "thresholds"):
+                log.info("timeline %s", json.dumps(line, default=str))
+        self.writer.lines(lines)
+
+    def _desired(self, desired: DesiredSet) -> None:
+        self._save_incidents()  # before the routes change: a restart resumes from here
+        self.bgp.offer(desired)
+
+    def _save_incidents(self) -> None:
+        text = json.dumps(self.pipe.incidents.snapshot(), sort_keys=True)
+        if text == self._snapshot_text:
+            return
+        tmp = self.snapshot_path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.snapshot_path)
+        self._snapshot_text = text
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        cfg = self.cfg.daemon
+        next_stats = next_state = next_exporters = time.monotonic()
+        next_prune = time.monotonic() + 3600.0
+        while not self.stop_event.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload(time.time())
+            try:
+                batch: DatagramBatch | None = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                batch = None
+            self.step(batch, time.time())
+            mono = time.monotonic()
+            if mono >= next_exporters:
+                next_exporters = mono + 5.0
+                self._check_exporters(time.time())
+            if mono >= next_stats:
+                next_stats = mono + cfg.stats_interval
+                log.info("stats %s", json.dumps(self.counters))
+            if mono >= next_state and self.cfg.collector.state_file:
+                next_state = mono + cfg.state_every
+                self.pipe.decoder.save(self.cfg.collector.state_file)
+            if mono >= next_prune:
+                next_prune = mono + 3600.0
+                self.writer.call(lambda s: s.prune())
+
+    def step(self, batch: DatagramBatch | None, now: float) -> None:
+        """One batch (or, when none came, the clock): decode, count, evaluate, hand over."""
+        before = self.pipe.next_eval
+        if batch is not None and len(batch):
+            records = self.pipe.records
+            self.pipe.feed(batch, self.timeline)
+            self.counters["flow_records"] += self.pipe.records - records
+            self.lag = max(0.0, now - float(batch.arrival[-1]))
+        else:
+            self.pipe.tick(now, self.timeline)
+            self.lag = 0.0
+        if self.pipe.talkers:
+            self.writer.talkers(self.pipe.talkers)
+            self.pipe.talkers = []
+        if self.pipe.next_eval != before and self.pipe.next_eval is not None:
+            self._rates(self.pipe.next_eval - self.ts.bin_seconds)
+
+    def _rates(self, t: float) -> None:
+        """Each prefix's rates (averaged as the verdicts average them), for /metrics."""
+        k, ev = self.pipe.keeper, self.pipe.evaluator
+        if not k.started:
+            return
+        end = min(k.row_of_time(t), k.config.window_bins)
+        a = ev.config.average_bins
+        if end < 1:
+            return
+        counts = k.prefix.counts(max(0, end - a), end)
+        per = np.maximum(counts.sum(axis=0), 0.0) / (a * k.config.bin_seconds)  # (rows, C, M)
+        rates = {
+            str(n): per[m].sum(axis=0)
+            for n, m in zip(k.index.networks, k.index.members, strict=True)
+        }
+        with self.lock:
+            self.rates = rates
+
+    def _check_exporters(self, now: float) -> None:
+        silent_after = self.cfg.daemon.exporter_silent_after
+        lines = []
+        for name, st in list(self.pipe.decoder.stats.by_exporter.items()):
+            seen = self._exporters.get(name)
+            if seen is None:
+                self._exporters[name] = (st.datagrams, now, False)
+                lines.append(_exporter(now, name, "appeared", st.datagrams))
+            elif st.datagrams != seen[0]:
+                if seen[2]:
+                    lines.append(_exporter(now, name, "back", st.datagrams))
+                self._exporters[name] = (st.datagrams, now, False)
+            elif not seen[2] and now - seen[1] >= silent_after:
+                self._exporters[name] = (seen[0], seen[1], True)
+                lines.append(_exporter(now, name, "silent", st.datagrams, now - seen[1]))
+        if self.allowlist is not None:
+            version = self.allowlist.state.version
+            if version != getattr(self, "_allowlist_version", None):
+                self._allowlist_version = version
+                lines.append(
+                    {
+                        "time": now,
+                        "type": "allowlist",
+                        "version": version,
+                        "entries": len(self.allowlist.state),
+                    }
+                )
+        self.record(lines)
+
+    # ------------------------------------------------------------------ reload
+    def reload(self, now: float) -> bool:
+        """Re-read the configuration and thresholds; keep the last good on any error."""
+        try:
+            cfg = config_mod.load(self.options.config)
+            ts = thresholds.load(cfg.thresholds)
+            base = os.path.dirname(os.path.abspath(self.options.config))
+            setup = Setup(cfg, ts, make_policy(cfg, ts), os.path.join(base, cfg.bgp.state_dir))
+        except (OSError, ValueError) as e:
+            self.counters["reloads_refused"] += 1
+            reason = f"reload refused, the last good configuration stays in force: {e}"
+            log.error("%s", reason)
+            self.last_reload = {"time": now, "result": "refused", "reason": str(e)}
+            self.record([{"time": now, "type": "config", "result": "refused", "reason": reason}])
+            return False
+        restart = _needs_restart(self.cfg, cfg)
+        what = self.pipe.reload(cfg, ts)
+        self.bgp.reconfigure(setup)
+        self.cfg, self.ts = cfg, ts
+        self.counters["reloads_ok"] += 1
+        reason = (
+            f"reloaded {cfg.source} and {ts.source}: {what['prefixes']} prefixes, "
+            f"rates {'kept' if what['rates_kept'] else 'restarted'}"
+            + (f", no longer protected: {', '.join(what['dropped'])}" if what["dropped"] else "")
+            + (f"; needs a restart to apply: {', '.join(restart)}" if restart else "")
+        )
+        log.info("%s", reason)
+        self.last_reload = {"time": now, "result": "ok", "reason": reason}
+        self.record(
+            [
+                {"time": now, "type": "config", "result": "ok", "reason": reason, **what},
+                *thresholds_lines(ts, now),
+            ]
+        )
+        return True
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        self.stop_event.set()
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(timeout=5)
+        self.kernel_drops = self.listener.kernel_drops()
+        self.listener.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.allowlist is not None:
+            self.allowlist.close()
+        self._save_incidents()
+        if self.cfg.collector.state_file:
+            self.pipe.decoder.save(self.cfg.collector.state_file)
+        events = self.bgp.stop(
+            withdraw=self.options.withdraw_on_stop, stop_exabgp=self.options.stop_exabgp
+        )
+        now = time.time()
+        self.record(
+            [
+                *events,
+                {
+                    "time": now,
+                    "type": "daemon",
+                    "event": "stopped",
+                    "reason": "SIGTERM: stopped"
+                    + (
+                        ", diversions withdrawn"
+                        if self.options.withdraw_on_stop
+                        else ", diversions left as they are"
+                    ),
+                },
+            ]
+        )
+        self.writer.stop()
+        self.store.close()
+
+    # ------------------------------------------------------------------ status
+    def engine(self) -> Engine:
+        """A BGP engine on the store, for the calling thread (the API's)."""
+        return self.bgp.setup.engine()
+
+    def timeline_path(self) -> str:
+        return self.cfg.timeline.path
+
+    def status(self) -> dict[str, Any]:
+        """What /status, /metrics and `divertor status` show (any thread)."""
+        inc = self.pipe.incidents
+        tracks = {
+            p: {
+                "state": t.state.value,
+                "incident": t.incident,
+                "since": t.since,
+                "vector": t.vector,
+            }
+            for p, t in inc.tracks.items()
+        }
+        with self.lock:
+            rates = {p: r.tolist() for p, r in self.rates.items()}
+        return {
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "config": self.cfg.source,
+            "thresholds": self.ts.source,
+            "mode": self.cfg.bgp.mode,
+            "listen": [str(a) for a in self.listener.addresses],
+            "datagrams": self.listener.datagrams,
+            "socket_drops": self.listener.kernel_drops(),
+            "decode_lag": self.lag,
+            "queue": self.queue.qsize(),
+            **self.counters,
+            "timeline_backlog": self.writer.backlog,
+            "timeline_errors": self.writer.errors,
+            "bgp_errors": self.bgp.errors,
+            "last_reload": self.last_reload,
+            "prefixes": tracks,
+            "rates": rates,
+            "exporters": self.pipe.decoder.stats.as_dict(),
+            "allowlist": (
+                {"version": self.allowlist.state.version, "entries": len(self.allowlist.state)}
+                if self.allowlist is not None
+                else None
+            ),
+        }
+
+
+def _exporter(
+    now: float, name: str, event: str, datagrams: int, quiet: float | None = None
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "time": now,
+        "type": "exporter",
+        "exporter": name,
+        "event": event,
+        "datagrams": datagrams,
+    }
+    if quiet is not None:
+        line["reason"] = f"no datagram for {quiet:.0f}s"
+    return line
+
+
+def _needs_restart(old: config_mod.Config, new: config_mod.Config) -> list[str]:
+    """Keys a reload does not apply (sockets, stores, ExaBGP's sessions)."""
+    out = []
+    for name in ("collector", "allowlist", "api", "timeline", "daemon"):
+        if getattr(old, name) != getattr(new, name):
+            out.append(name)
+    if (old.bgp.peers, old.bgp.local_as, old.bgp.router_id, old.bgp.state_dir) != (
+        new.bgp.peers,
+        new.bgp.local_as,
+        new.bgp.router_id,
+        new.bgp.state_dir,
+    ):
+        out.append("bgp sessions")
+    return out

@@ -1,0 +1,1 @@
+"""Rate history, baselines, recommendations and backtests (docs/history.md)."""
