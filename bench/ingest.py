@@ -183,9 +183,48 @@ class DivertorRatesMixin(DivertorAdapterMixin):
     extra_args = ("--config", str(PROJECT_ROOT / "bench" / "divertor-bench.yaml"))
 
 
+class DivertorRunMixin(DivertorAdapterMixin):
+    """The appliance, `divertor run`: receive thread, decode, rates, verdicts, incidents,
+    BGP worker (dry-run), timeline store writer (SQLite, every settled bin), HTTP API.
+    flow_records is read from its /status after the grace, as FastNetMon's from Prometheus."""
+
+    name = "divertor-run"
+
+    @property
+    def api_port(self) -> int:
+        return 20000 + self.port % 10000
+
+    def command(self) -> list[str]:
+        conf = Path(self.wd) / "divertor.yaml"
+        conf.write_text(
+            f"""thresholds: {PROJECT_ROOT / "bench" / "bench-thresholds.yaml"}
+collector:
+  listen: ["127.0.0.1:{self.port}"]
+  rcvbuf: {RCVBUF}
+bgp: {{mode: dry-run, state_dir: bgp}}
+api: {{listen: "127.0.0.1:{self.api_port}"}}
+timeline: {{path: timeline.sqlite}}
+"""
+        )
+        return [self.divertor_bin, "run", "--config", str(conf), *self.common_args]
+
+    def processed(self) -> int | None:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.api_port}/status"
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            self.stats = json.load(resp)
+        return int(self.stats["flow_records"])
+
+    def processed_after_stop(self) -> int:
+        assert self.stats is not None
+        return int(self.stats["flow_records"])
+
+
 DIVERTOR_VARIANTS: tuple[type[DivertorAdapterMixin], ...] = (
     DivertorAdapterMixin,
     DivertorRatesMixin,
+    DivertorRunMixin,
 )
 
 

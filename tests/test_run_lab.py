@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from divertor.store import TimelineStore
+from divertor.store import StoreError, TimelineStore
 from tests import shared
 from tests.test_bgp_lab import Lab, _alive, lab_ready, until
 
@@ -91,10 +91,11 @@ def daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 def timeline(config: Path, kind: str | None = None) -> list[dict[str, object]]:
     path = config.parent / "timeline.sqlite"
-    if not path.exists():
+    try:
+        with TimelineStore(str(path), readonly=True) as store:
+            return [x for x in store.lines() if kind is None or x["type"] == kind]
+    except StoreError:  # not there yet, or being created
         return []
-    with TimelineStore(str(path), readonly=True) as store:
-        return [x for x in store.lines() if kind is None or x["type"] == kind]
 
 
 def started(config: Path, n: int) -> bool:

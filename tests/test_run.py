@@ -1,0 +1,299 @@
+"""`divertor run` without the BGP lab: the HTTP API (sans-I/O handler and over HTTP), the
+metrics, SIGHUP reloads (a bad thresholds file is refused with file:line, the last good stays
+in force), incident resume across a restart, and the status command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bgp.engine import Engine
+from detector.contracts import State
+from divertor import bgp_cmd
+from divertor.api import ApiHandler, read_token
+from divertor.daemon import Daemon, RunOptions
+from divertor.metrics import render_metrics
+from divertor.run_cmd import as_text
+from divertor.store import StoreError, TimelineStore
+from tests.test_bgp_lab import until
+from tests.test_run_lab import short_timing
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = ROOT / "examples" / "scenarios" / "voip-site.thresholds.yaml"
+TOKEN = "s3cret-token-0123456789"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(d: Path, api_port: int = 0, token: bool = True) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "thresholds.yaml").write_text(short_timing(SITE.read_text()))
+    (d / "token").write_text(TOKEN + "\n")
+    (d / "divertor.yaml").write_text(
+        f"""thresholds: thresholds.yaml
+collector:
+  listen: ["127.0.0.1:{free_port(socket.SOCK_DGRAM)}"]
+bgp:
+  mode: automatic
+  state_dir: bgp
+  max_changes_per_hour: 1000
+api:
+  listen: "127.0.0.1:{api_port}"
+{"  token_file: token" if token else ""}
+timeline:
+  path: timeline.sqlite
+"""
+    )
+    return d / "divertor.yaml"
+
+
+class FakeDaemon:
+    """The DaemonView of the API, around a real BGP engine and timeline store."""
+
+    def __init__(self, config: Path) -> None:
+        self.setup = bgp_cmd.build(str(config))
+        self.path = str(config.parent / "timeline.sqlite")
+        TimelineStore(self.path).close()
+        self.recorded: list[dict[str, Any]] = []
+
+    def status(self) -> dict[str, Any]:
+        rates = [[0.0, 0.0, 0.0] for _ in range(20)]
+        rates[0] = [8e6, 1000.0, 10.0]
+        return {
+            "uptime": 5.0,
+            "datagrams": 3,
+            "exporters": {"192.0.2.1": {"datagrams": 3, "records": 81, "templates": 2,
+                                        "errors": {"bad_length": 1}}},
+            "prefixes": {"198.18.10.0/24": {"state": "diverted", "incident": 1}},
+            "rates": {"198.18.10.0/24": rates},
+        }  # fmt: skip
+
+    def engine(self) -> Engine:
+        return self.setup.engine()
+
+    def timeline_path(self) -> str:
+        return self.path
+
+    def record(self, lines: list[dict[str, Any]]) -> None:
+        self.recorded += lines
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> tuple[ApiHandler, FakeDaemon]:
+    fake = FakeDaemon(write_config(tmp_path))
+    return ApiHandler(fake, read_token(str(tmp_path / "token")), clock=lambda: 1000.0), fake
+
+
+def body(reply: tuple[int, str, bytes]) -> Any:
+    return json.loads(reply[2])
+
+
+def test_writes_need_the_token(api: tuple[ApiHandler, FakeDaemon]) -> None:
+    h, fake = api
+    req = json.dumps({"prefix": "198.18.10.0/24", "reason": "test"}).encode()
+    for token in (None, "wrong", TOKEN[:-1]):
+        status, _, doc = h.handle("POST", "/divert", token, req)
+        assert status == 401 and b"token" in doc
+    assert not fake.engine().status()["target"] and not fake.recorded
+    status, _, _ = h.handle("POST", "/divert", TOKEN, req)
+    assert status == 200
+    assert list(fake.engine().status()["target"]) == ["198.18.10.0/24"]
+    kinds = [e["type"] for e in fake.recorded]
+    assert kinds == ["operator", "announce"] and fake.recorded[0]["who"] == "api"
+    status, _, _ = h.handle("POST", "/withdraw", TOKEN, req)
+    assert status == 200 and not fake.engine().status()["target"]
+
+
+def test_no_token_configured_means_writes_off(tmp_path: Path) -> None:
+    fake = FakeDaemon(write_config(tmp_path, token=False))
+    h = ApiHandler(fake, None)
+    req = b'{"prefix": "198.18.10.0/24", "reason": "x"}'
+    assert h.handle("POST", "/divert", TOKEN, req)[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "req", "status", "why"),
+    [
+        ("/divert", b"{not json", 400, "not JSON"),
+        ("/divert", b"[1]", 400, "JSON object"),
+        ("/divert", b'{"prefix": "198.18.10.0/24"}', 400, "'reason' is required"),
+        ("/divert", b'{"prefix": "198.18.10.1/24", "reason": "x"}', 400, "host bits"),
+        ("/divert", b'{"prefix": 5, "reason": "x"}', 400, "'prefix'"),
+        ("/divert", b'{"prefix": "198.18.10.0/24", "reason": "x", "x": 1}', 400, "unknown"),
+        ("/divert", b'{"prefix": "198.18.10.0/24", "reason": "x", "who": "a;b"}', 400, "who"),
+        ("/divert", b'{"prefix": "10.0.0.0/8", "reason": "x"}', 409, "refuse"),
+        ("/approve", b'{"id": "one"}', 400, "'id'"),
+        ("/approve", b'{"id": 99}', 404, "99"),
+        ("/nowhere", b"{}", 404, "no such path"),
+    ],
+)
+def test_bad_calls_get_a_4xx_with_the_reason(
+    api: tuple[ApiHandler, FakeDaemon], path: str, req: bytes, status: int, why: str
+) -> None:
+    h, fake = api
+    got, _, doc = h.handle("POST", path, TOKEN, req)
+    assert got == status and why in doc.decode(), doc
+    assert not fake.engine().status()["target"]
+
+
+def test_reads_status_metrics_incidents(api: tuple[ApiHandler, FakeDaemon]) -> None:
+    h, _ = api
+    status, ctype, text = h.handle("GET", "/metrics", None, b"")
+    assert status == 200 and ctype.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("divertor_datagrams_total", (("exporter", "192.0.2.1"),))] == 3
+    key = ("divertor_decode_errors_total", (("exporter", "192.0.2.1"), ("reason", "bad_length")))
+    assert samples[key] == 1
+    rate = ("divertor_prefix_rate", (("class", "total"), ("metric", "pps"),
+                                     ("prefix", "198.18.10.0/24")))  # fmt: skip
+    assert samples[rate] == 1000.0
+    assert samples[("divertor_incidents", (("state", "diverted"),))] == 1
+    assert samples[("divertor_diversions", ())] == 0
+    doc = body(h.handle("GET", "/status", None, b""))
+    assert doc["bgp"]["mode"] == "automatic" and doc["datagrams"] == 3
+    assert body(h.handle("GET", "/incidents", None, b"")) == []
+    assert h.handle("GET", "/incidents/7", None, b"")[0] == 404
+    assert h.handle("DELETE", "/status", None, b"")[0] == 405
+
+
+def test_metrics_render_on_an_empty_status() -> None:
+    text, _ = render_metrics({}, {})
+    names = {f.name for f in text_string_to_metric_families(text.decode())}
+    assert {"divertor_socket_drops", "divertor_overload_dropped_datagrams"} <= names
+
+
+def test_status_text() -> None:
+    doc = {
+        "uptime": 7200.0, "mode": "automatic", "config": "/etc/divertor/divertor.yaml",
+        "datagrams": 10, "flow_records": 270, "decode_lag": 0.01, "socket_drops": 0,
+        "overload_datagrams": 0,
+        "prefixes": {"198.18.10.0/24": {"state": "diverted", "incident": 3,
+                                        "vector": "udp_flood"}},
+        "rates": {"198.18.10.0/24": [[2.4e9, 290000.0, 10.0]]},
+        "bgp": {"target": {"198.18.10.0/24": {}}, "announced": {"198.18.10.0/24": "x"},
+                "bridge": {"sessions": {"127.0.0.2": "up"}}, "pending": []},
+        "exporters": {"192.0.2.1": {"datagrams": 10, "records": 270, "errors": {}}},
+    }  # fmt: skip
+    text = "\n".join(as_text(doc))
+    assert "up 2.0 h" in text and "diverted" in text and "290.0k pps" in text
+    assert "127.0.0.2 up" in text and "incident 3 udp_flood" in text
+
+
+def test_reload_keeps_last_good_and_incidents_resume_after_restart(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    d = Daemon(RunOptions(str(config)))
+    d.start()
+    try:
+        # an incident in progress: the state machine says diverted
+        track = d.pipe.incidents.tracks["198.18.10.0/24"]
+        track.state, track.incident, track.diverted_at, track.hold = State.DIVERTED, 4, 1.0, 20.0
+        d.pipe.incidents.next_incident = 5
+        d._desired(d.pipe.incidents.desired(2.0))
+        until(lambda: "198.18.10.0/24" in d.engine().status()["target"], what="the target")
+        # a bad thresholds file: refused, with file:line, and the old one stays
+        good = (tmp_path / "thresholds.yaml").read_text()
+        (tmp_path / "thresholds.yaml").write_text(good.replace("udp: {pps: 50k}", "udp: {pps: -1}"))
+        assert not d.reload(3.0)
+        assert d.ts.policies[0].host_thresholds["udp"].pps == 50_000
+        assert "thresholds.yaml:" in d.last_reload["reason"]
+        # a good one: taken, the incident keeps its state, the rates are kept
+        (tmp_path / "thresholds.yaml").write_text(
+            good.replace("udp: {pps: 50k}", "udp: {pps: 40k}")
+        )
+        assert d.reload(4.0)
+        assert d.ts.policies[0].host_thresholds["udp"].pps == 40_000
+        assert d.pipe.incidents.tracks["198.18.10.0/24"].state is State.DIVERTED
+    finally:
+        d.stop()
+    with TimelineStore(str(tmp_path / "timeline.sqlite"), readonly=True) as store:
+        configs = [x for x in store.lines() if x["type"] == "config"]
+    assert [c["result"] for c in configs] == ["refused", "ok"]
+    assert "thresholds.yaml:" in str(configs[0]["reason"])
+    # SIGTERM-like stop withdrew nothing; a new start resumes the diversion
+    assert "198.18.10.0/24" in bgp_cmd.build(str(config)).engine().status()["target"]
+    d2 = Daemon(RunOptions(str(config)))
+    d2.start()
+    try:
+        t = d2.pipe.incidents.tracks["198.18.10.0/24"]
+        assert (t.state, t.incident) == (State.DIVERTED, 4)
+        assert d2.pipe.incidents.next_incident >= 5
+    finally:
+        d2.stop()
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return dict(json.load(resp))
+
+
+def test_sighup_with_a_bad_thresholds_file(tmp_path: Path) -> None:
+    """The real process: SIGHUP with a broken file is refused with file:line in the log and
+    the timeline; the old thresholds stay in force; the HTTP API says so; 401 over HTTP."""
+    port = free_port()
+    config = write_config(tmp_path, api_port=port)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "divertor.cli", "run", "--config", str(config)],
+            cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return bool(_get(url + "/status"))
+            except (urllib.error.URLError, OSError):
+                return False
+
+        until(up, timeout=30, what="the API")
+        good = (tmp_path / "thresholds.yaml").read_text()
+        lines = good.splitlines()
+        bad_line = next(i for i, x in enumerate(lines) if "udp: {pps: 50k}" in x) + 1
+        (tmp_path / "thresholds.yaml").write_text(good.replace("udp: {pps: 50k}", "udp: {ppz: 1}"))
+        proc.send_signal(signal.SIGHUP)
+        until(lambda: _get(url + "/status")["reloads_refused"] == 1, what="the refusal")
+        status = _get(url + "/status")
+        assert f"thresholds.yaml:{bad_line}" in status["last_reload"]["reason"]
+        assert status["reloads_ok"] == 0
+        req = urllib.request.Request(
+            url + "/divert", data=b'{"prefix": "198.18.10.0/24", "reason": "x"}', method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert f"thresholds.yaml:{bad_line}" in text and "last good configuration stays" in text
+
+    def refused() -> list[dict[str, Any]]:
+        try:
+            with TimelineStore(str(tmp_path / "timeline.sqlite"), readonly=True) as store:
+                return [x for x in store.lines() if x["type"] == "config"]
+        except StoreError:
+            return []
+
+    (line,) = refused()
+    assert line["result"] == "refused" and f"thresholds.yaml:{bad_line}" in str(line["reason"])
