@@ -6,7 +6,7 @@ listens on localhost; put it behind a proxy to expose it). Writes (``POST /diver
 ``/withdraw``, ``/approve``, ``/reject``) need ``Authorization: Bearer TOKEN`` with the token
 of ``api.token_file``: 401 without it or with a wrong one, 403 when none is configured, 400
 with the reason for a bad body. Every write goes through the BGP engine (the same safety
-rules as the CLI) and its events into the timeline.
+rules as the CLI); its events reach the timeline from the BGP store's log.
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ class ApiHandler:
             return _json(400, {"error": str(e)})
         except LookupError as e:
             return _json(404, {"error": str(e).strip("'\"")})
-        self.daemon.record(events)
         refused = [e for e in events if e.get("type") == "refuse"]
         return _json(409 if refused else 200, {"events": events})
 

@@ -144,7 +144,7 @@ class Daemon:
             ]
         )
         self.writer.start()
-        self.record(self.bgp.start(now))
+        self.bgp.start(now)
         self._thread = threading.Thread(
             target=self.listener.run, args=(self.stop_event,), name="udp-receive", daemon=True
         )
@@ -260,20 +260,24 @@ class Daemon:
             self._rates(self.pipe.next_eval - self.ts.bin_seconds)
 
     def _rates(self, t: float) -> None:
-        """Each prefix's rates (averaged as the verdicts average them), for /metrics."""
+        """Each prefix's rates for /status and /metrics: the peak, over the detector's
+        horizon, of the rolling average the verdicts use. Records arrive up to an active
+        timeout after their packets, so the newest bins are always short; the peak over
+        the horizon is what the verdicts compare with the thresholds."""
         k, ev = self.pipe.keeper, self.pipe.evaluator
         if not k.started:
             return
         end = min(k.row_of_time(t), k.config.window_bins)
-        a = ev.config.average_bins
+        a, h = ev.config.average_bins, ev.config.horizon_bins
         if end < 1:
             return
-        counts = k.prefix.counts(max(0, end - a), end)
-        per = np.maximum(counts.sum(axis=0), 0.0) / (a * k.config.bin_seconds)  # (rows, C, M)
-        rates = {
-            str(n): per[m].sum(axis=0)
-            for n, m in zip(k.index.networks, k.index.members, strict=True)
-        }
+        counts = k.prefix.counts(max(0, end - h - a), end)  # (bins, rows, C, M)
+        agg = np.stack([counts[:, m].sum(axis=1) for m in k.index.members], axis=1)
+        cum = np.concatenate([np.zeros((1, *agg.shape[1:])), np.cumsum(agg, axis=0)])
+        span = min(a, agg.shape[0])
+        avg = (cum[span:] - cum[:-span]) / (span * k.config.bin_seconds)
+        peak = np.maximum(avg.max(axis=0), 0.0)  # (E, C, M)
+        rates = {str(n): peak[i] for i, n in enumerate(k.index.networks)}
         with self.lock:
             self.rates = rates
 
@@ -356,13 +360,10 @@ class Daemon:
         self._save_incidents()
         if self.cfg.collector.state_file:
             self.pipe.decoder.save(self.cfg.collector.state_file)
-        events = self.bgp.stop(
-            withdraw=self.options.withdraw_on_stop, stop_exabgp=self.options.stop_exabgp
-        )
+        self.bgp.stop(withdraw=self.options.withdraw_on_stop, stop_exabgp=self.options.stop_exabgp)
         now = time.time()
         self.record(
             [
-                *events,
                 {
                     "time": now,
                     "type": "daemon",

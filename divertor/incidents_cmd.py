@@ -1,9 +1,10 @@
 """`divertor incidents list|show|export`: the timeline store's incidents from the shell.
 
-``--store PATH`` (default: $DIVERTOR_STORE, else ``divertor.db``) is opened read-only: a
-running engine keeps writing. Exit 2, with the reason on stderr, for a missing store or an
-unknown incident. ``record_replay`` puts a replay's lines, RateFrames and talkers in a store
-(`divertor replay --store PATH`).
+``--store PATH`` (default: $DIVERTOR_STORE, else the ``timeline.path`` of ``--config`` or of
+$DIVERTOR_CONFIG / /etc/divertor/divertor.yaml when it exists, else ``divertor.db``) is opened
+read-only: a running engine keeps writing. Exit 2, with the reason on stderr, for a missing
+store or an unknown incident. ``record_replay`` puts a replay's lines, RateFrames and talkers
+in a store (`divertor replay --store PATH`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,20 @@ from thresholds.model import METRICS, Limit, ThresholdSet
 DEFAULT_STORE = "divertor.db"
 
 
-def default_store() -> str:
-    return os.environ.get("DIVERTOR_STORE") or DEFAULT_STORE
+def default_store(config: str | None = None) -> str:
+    """The store `divertor run` writes (its configuration's ``timeline.path``), or the
+    replay default."""
+    if os.environ.get("DIVERTOR_STORE"):
+        return os.environ["DIVERTOR_STORE"]
+    config = config or os.environ.get("DIVERTOR_CONFIG", "/etc/divertor/divertor.yaml")
+    if os.path.exists(config):
+        from divertor import config as config_mod
+
+        try:
+            return config_mod.load(config).timeline.path
+        except (OSError, ValueError):
+            pass
+    return DEFAULT_STORE
 
 
 def add_parser(sub: Any) -> None:
@@ -36,8 +49,11 @@ def add_parser(sub: Any) -> None:
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument(
-            "--store", help=f"timeline store (default: $DIVERTOR_STORE, else {DEFAULT_STORE})"
+            "--store",
+            help="timeline store (default: $DIVERTOR_STORE, else the config's timeline.path, "
+            f"else {DEFAULT_STORE})",
         )
+        q.add_argument("--config", help="divertor.yaml whose timeline.path to read")
 
     ls = isub.add_parser("list", help="every incident: id, prefix, vector, times, states")
     common(ls)
@@ -59,7 +75,7 @@ def add_parser(sub: Any) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     action = args.incidents_action
-    path = args.store or default_store()
+    path = args.store or default_store(args.config)
     if not os.path.exists(path):
         print(
             f"divertor incidents {action}: no timeline store at {path} "

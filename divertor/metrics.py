@@ -85,7 +85,8 @@ class _Families:
             yield g
         rates = _gauge(
             "prefix_rate",
-            "Rate to a protected prefix by class (averaged as the verdicts average), "
+            "Rate to a protected prefix by class: peak over detector.horizon of the verdicts' "
+            "rolling average; "
             "metric bps, pps or fps",
             ["prefix", "class", "metric"],
         )

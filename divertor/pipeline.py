@@ -19,6 +19,7 @@ import numpy.typing as npt
 from collector.datagram import DatagramBatch
 from collector.decoder import Decoder
 from collector.flowbatch import addr_to_pair
+from detector.anomaly import AnomalyEvaluator
 from detector.classify import Classifier, Membership
 from detector.contracts import DesiredSet, IncidentEvent, RateFrame, State, Status, Verdict
 from detector.incidents import IncidentManager
@@ -108,6 +109,14 @@ class Pipeline:
                 under_bins=math.ceil(config.detector.under_window / bin_s),
             ),
         )
+        # anomaly rules (docs/thresholds.md): baselines are handed in (history.live), kept
+        # across reloads
+        old: AnomalyEvaluator | None = getattr(self, "anomaly", None)
+        self.anomaly: AnomalyEvaluator | None = None
+        if any(p.anomaly.rule or p.anomaly.mix for p in ts.policies):
+            self.anomaly = AnomalyEvaluator(ts, self.index, self.keeper, self.evaluator.config)
+            if old is not None:
+                self.anomaly.take_baselines(old)
 
     def reload(self, config: Config, ts: ThresholdSet) -> dict[str, Any]:
         """Take a new configuration and thresholds file without losing what is known:
@@ -158,6 +167,10 @@ class Pipeline:
     def _evaluate(self, t: float, out: Timeline) -> None:
         self._settled(self.keeper.advance(t - self.ts.bin_seconds / 2))
         verdicts = self.evaluator.evaluate(t)
+        if self.anomaly is not None:
+            verdicts = self.anomaly.combine(t, verdicts)
+            for line in self.anomaly.take_lines():
+                out.add(line)
         for v in verdicts:
             old = self.last_verdicts.get(v.prefix)
             if _changed(old, v):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bgp.engine import Engine
+from bgp.supervisor import Supervisor
 from detector.contracts import DesiredSet, RateFrame
 from divertor.bgp_cmd import Setup
 from divertor.store import TimelineStore
@@ -26,35 +27,43 @@ class BgpWorker:
     """Applies the detector's DesiredSets and the time rules to the BGP store, and keeps
     ExaBGP running (``manage``: when peers are configured). Latest DesiredSet wins: a
     set superseded before it was applied is never applied (it is not a change of mind
-    the router needs to see)."""
+    the router needs to see).
+
+    Everything the BGP side records (the engine's plans, refusals and operator actions,
+    from this daemon, the API or the CLI; the bridge's acks and session changes; the
+    supervisor's) is in the BGP store's event log: the worker forwards it, in order, to
+    ``sink`` (the timeline) after each step, so nothing is missed or copied twice."""
 
     def __init__(self, setup: Setup, sink: Sink, manage: bool) -> None:
         self.setup, self.sink, self.manage = setup, sink, manage
         self.engine: Engine | None = None
+        self.sup: Supervisor | None = None
         self._cond = threading.Condition()
         self._desired: DesiredSet | None = None
         self._routes: tuple[Any, ...] | None = None
         self._stop = False
         self._setup: Setup | None = None  # a reloaded configuration, taken at the next step
         self._thread: threading.Thread | None = None
+        self.cursor = 0  # last event of the BGP store forwarded to the sink
         self.errors = 0
         self.applied = 0
 
-    def start(self, now: float) -> list[dict[str, Any]]:
+    def start(self, now: float) -> None:
         """Open the store, adopt or start ExaBGP, record the configuration's refusals."""
         engine = self.setup.engine()  # this thread's; the worker opens its own
+        with engine.store.read() as tx:
+            self.cursor = tx.last_event_id()  # earlier runs' events are in the timeline
         self.sup = self.setup.supervisor() if self.manage else None
-        events = engine.load(self.setup.candidates(), now)
+        engine.load(self.setup.candidates(), now)
         if self.sup is not None:
             changed = self.sup.write_config(self.setup.exabgp_config(), self.setup.bridge_script())
             started = self.sup.ensure(now)
             if changed and any(e["event"] == "adopted" for e in started):
                 started += self.sup.reload(now)
             _add_events(engine, started)
-            events += started
+        self._forward(engine)
         self._thread = threading.Thread(target=self._run, name="bgp", daemon=True)
         self._thread.start()
-        return events
 
     def offer(self, desired: DesiredSet) -> None:
         """The detector's DesiredSet of this bin (only a change of routes wakes the worker)."""
@@ -83,11 +92,11 @@ class BgpWorker:
                 if self._stop:
                     return
             try:
-                events = []
                 if setup is not None:
                     self.setup, self.engine = setup, setup.engine()
-                    events += self.engine.load(setup.candidates(), time.time())
-                self.sink(events + self.step(desired, time.time()))
+                    self.engine.load(setup.candidates(), time.time())
+                self.step(desired, time.time())
+                self._forward(self.engine)
             except Exception:
                 self.errors += 1
                 log.exception("BGP engine step failed (retried at the next one)")
@@ -96,42 +105,44 @@ class BgpWorker:
                         self._desired = self._desired or desired
                 time.sleep(self.setup.config.bgp.poll_interval)
 
-    def step(self, desired: DesiredSet | None, now: float) -> list[dict[str, Any]]:
+    def step(self, desired: DesiredSet | None, now: float) -> None:
         assert self.engine is not None
-        events: list[dict[str, Any]] = []
         if self.sup is not None:
-            started = self.sup.ensure(now)
-            _add_events(self.engine, started)
-            events += started
+            _add_events(self.engine, self.sup.ensure(now))
         if desired is not None:
-            events += self.engine.set_desired(desired)
+            self.engine.set_desired(desired)
             self.applied += 1
         else:
-            events += self.engine.tick(now)
-        return events
+            self.engine.tick(now)
 
-    def stop(self, *, withdraw: bool = False, stop_exabgp: bool = False) -> list[dict[str, Any]]:
+    def _forward(self, engine: Engine) -> None:
+        while True:
+            with engine.store.read() as tx:
+                rows = tx.events(self.cursor)
+            if not rows:
+                return
+            self.cursor = rows[-1][0]
+            self.sink([e for _, e in rows])
+
+    def stop(self, *, withdraw: bool = False, stop_exabgp: bool = False) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        events: list[dict[str, Any]] = []
         engine = self.setup.engine()  # this thread's
         if withdraw:
-            events += engine.set_desired(DesiredSet(time.time(), ()))
+            engine.set_desired(DesiredSet(time.time(), ()))
             for prefix in list(engine.status()["manual"]):
-                events += engine.withdraw(
+                engine.withdraw(
                     prefix,
                     reason="divertor run stopped with --withdraw-on-stop",
                     who="divertor",
                     now=time.time(),
                 )
         if self.sup is not None and stop_exabgp:
-            stopped = self.sup.stop(time.time())
-            _add_events(engine, stopped)
-            events += stopped
-        return events
+            _add_events(engine, self.sup.stop(time.time()))
+        self._forward(engine)
 
 
 def _add_events(engine: Engine, events: list[dict[str, Any]]) -> None:

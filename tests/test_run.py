@@ -108,12 +108,14 @@ def test_writes_need_the_token(api: tuple[ApiHandler, FakeDaemon]) -> None:
     for token in (None, "wrong", TOKEN[:-1]):
         status, _, doc = h.handle("POST", "/divert", token, req)
         assert status == 401 and b"token" in doc
-    assert not fake.engine().status()["target"] and not fake.recorded
-    status, _, _ = h.handle("POST", "/divert", TOKEN, req)
-    assert status == 200
+    assert not fake.engine().status()["target"]
+    reply = h.handle("POST", "/divert", TOKEN, req)
+    assert reply[0] == 200
     assert list(fake.engine().status()["target"]) == ["198.18.10.0/24"]
-    kinds = [e["type"] for e in fake.recorded]
-    assert kinds == ["operator", "announce"] and fake.recorded[0]["who"] == "api"
+    events = body(reply)["events"]
+    assert [e["type"] for e in events] == ["operator", "announce"] and events[0]["who"] == "api"
+    with fake.engine().store.read() as tx:  # in the BGP store's log, which the daemon forwards
+        assert [e["type"] for _, e in tx.events()] == ["operator", "announce"]
     status, _, _ = h.handle("POST", "/withdraw", TOKEN, req)
     assert status == 200 and not fake.engine().status()["target"]
 
@@ -209,6 +211,9 @@ def test_reload_keeps_last_good_and_incidents_resume_after_restart(tmp_path: Pat
         d.pipe.incidents.next_incident = 5
         d._desired(d.pipe.incidents.desired(2.0))
         until(lambda: "198.18.10.0/24" in d.engine().status()["target"], what="the target")
+        # an operator's action from the CLI (another process, the same BGP store)
+        cli = bgp_cmd.build(str(config)).engine()
+        cli.divert("198.18.64.0/24", reason="customer call", who="noc-alice", now=2.5)
         # a bad thresholds file: refused, with file:line, and the old one stays
         good = (tmp_path / "thresholds.yaml").read_text()
         (tmp_path / "thresholds.yaml").write_text(good.replace("udp: {pps: 50k}", "udp: {pps: -1}"))
@@ -225,8 +230,16 @@ def test_reload_keeps_last_good_and_incidents_resume_after_restart(tmp_path: Pat
     finally:
         d.stop()
     with TimelineStore(str(tmp_path / "timeline.sqlite"), readonly=True) as store:
-        configs = [x for x in store.lines() if x["type"] == "config"]
+        lines = [x for x in store.lines() if x["type"] in ("config", "announce", "operator")]
+        configs = [x for x in lines if x["type"] == "config"]
     assert [c["result"] for c in configs] == ["refused", "ok"]
+    # what the BGP side recorded reached the timeline, once each, in order
+    bgp_lines = [(x["type"], x.get("prefix")) for x in lines if x["type"] != "config"]
+    assert bgp_lines == [
+        ("announce", "198.18.10.0/24"),
+        ("operator", "198.18.64.0/24"),
+        ("announce", "198.18.64.0/24"),
+    ], bgp_lines
     assert "thresholds.yaml:" in str(configs[0]["reason"])
     # SIGTERM-like stop withdrew nothing; a new start resumes the diversion
     assert "198.18.10.0/24" in bgp_cmd.build(str(config)).engine().status()["target"]
@@ -297,3 +310,19 @@ def test_sighup_with_a_bad_thresholds_file(tmp_path: Path) -> None:
 
     (line,) = refused()
     assert line["result"] == "refused" and f"thresholds.yaml:{bad_line}" in str(line["reason"])
+
+
+def test_incidents_read_the_store_of_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from divertor import incidents_cmd
+
+    config = write_config(tmp_path)
+    monkeypatch.delenv("DIVERTOR_STORE", raising=False)
+    monkeypatch.setenv("DIVERTOR_CONFIG", str(config))
+    assert incidents_cmd.default_store() == str(tmp_path / "timeline.sqlite")
+    monkeypatch.setenv("DIVERTOR_STORE", "/x/y.db")
+    assert incidents_cmd.default_store(str(config)) == "/x/y.db"
+    monkeypatch.delenv("DIVERTOR_STORE")
+    monkeypatch.setenv("DIVERTOR_CONFIG", str(tmp_path / "missing.yaml"))
+    assert incidents_cmd.default_store() == incidents_cmd.DEFAULT_STORE
