@@ -10,15 +10,16 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from divertor import typedyaml
-from history import baselines as bl
-from history.config import CONFIG_FILE, HistoryConfig
-from history.recorder import HistoryRecorder
-from history.store import HistoryStore
+
+if TYPE_CHECKING:  # pandas, DuckDB and the history modules load only when a command runs
+    import pandas as pd
+
+    from history.config import HistoryConfig
+    from history.recorder import HistoryRecorder
+    from history.store import HistoryStore
 
 #: `divertor thresholds ACTION` handled here
 THRESHOLD_ACTIONS = ("recommend", "backtest", "diff")
@@ -26,6 +27,8 @@ THRESHOLD_ACTIONS = ("recommend", "backtest", "diff")
 
 def load_config(directory: str) -> HistoryConfig:
     """``DIR/history.yaml`` if present, else the defaults; ConfigError with file:line."""
+    from history.config import CONFIG_FILE, HistoryConfig
+
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(path):
         return HistoryConfig()
@@ -34,11 +37,15 @@ def load_config(directory: str) -> HistoryConfig:
 
 
 def open_store(directory: str, read_only: bool = True, bin_seconds: float = 1.0) -> HistoryStore:
+    from history.store import HistoryStore
+
     return HistoryStore(directory, load_config(directory), read_only, bin_seconds)
 
 
 def recorder(directory: str, pipe: Any, bin_seconds: float) -> HistoryRecorder:
     """A recorder into ``directory``, chained after the pipeline's frame sink."""
+    from history.recorder import HistoryRecorder
+
     rec = HistoryRecorder(open_store(directory, read_only=False, bin_seconds=bin_seconds))
     before = pipe.frame_sink
 
@@ -56,6 +63,8 @@ def _time(text: str) -> float:
     try:
         return float(text)
     except ValueError:
+        import pandas as pd
+
         ts = pd.Timestamp(text)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
         return float(ts.timestamp())
@@ -159,6 +168,8 @@ def _history(args: argparse.Namespace) -> int:
         print(f"{args.history}: empty history", file=sys.stderr)
         return 1
     now = _time(args.now) if args.now else span[1]
+    from history import baselines as bl
+
     cfg = store.config.baseline
     table = bl.refresh(store, cfg, now, force=args.force)
     if args.prefix:
@@ -168,6 +179,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def format_baselines(table: pd.DataFrame) -> str:
+    from history import baselines as bl
+
     if table.empty:
         return "no baselines (empty history)"
     at = float(table["computed_at"].max())

@@ -12,8 +12,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from divertor.daemon import Daemon, RunOptions
-
 log = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:9180"
 
@@ -39,6 +37,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from divertor.daemon import Daemon, RunOptions
+
     daemon = Daemon(
         RunOptions(
             config=args.config,
