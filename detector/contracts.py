@@ -52,6 +52,8 @@ class Verdict:
     subnets: tuple[str, ...] = ()  # attacked subnets (announce mode "subnets")
     monitor: bool = False  # monitor mode: recorded, never diverted
     since: float | None = None  # data time of the first bin of the over run
+    #: more about the verdict, merged into its timeline line (e.g. "anomaly": {...})
+    data: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class Verdict:
             "host": self.host,
             "subnets": list(self.subnets),
             "monitor": self.monitor,
+            **self.data,
         }
 
 

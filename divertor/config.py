@@ -224,6 +224,22 @@ class TimelineConfig:
 
 
 @dataclass(slots=True)
+class HistoryConfig:
+    """The rate history of `divertor run` (docs/history.md): recorded settled rates and the
+    baselines of the anomaly rules. ``path`` none: no history, anomaly rules fall back."""
+
+    path: str | None = None  # history directory (DIR/history.duckdb); relative to this file
+    refresh_every: float = 3600.0  # seconds between baseline refreshes (and mix model fits)
+    record: bool = True  # record the settled rates into it (the engine is its one writer)
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            _plain(self.path, "path")
+        if self.refresh_every <= 0:
+            raise ValueError("refresh_every must be > 0")
+
+
+@dataclass(slots=True)
 class DaemonConfig:
     """How `divertor run` moves work between its threads."""
 
@@ -260,6 +276,7 @@ class Config:
     allowlist: AllowlistConfig = field(default_factory=AllowlistConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     timeline: TimelineConfig = field(default_factory=TimelineConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: str = field(default="", init=False)
 
@@ -273,6 +290,8 @@ def load(path: str) -> Config:
     base = os.path.dirname(os.path.abspath(path))
     cfg.allowlist.resolve(base)
     cfg.timeline.path = os.path.join(base, cfg.timeline.path)
+    if cfg.history.path is not None:
+        cfg.history.path = os.path.join(base, cfg.history.path)
     if cfg.api.token_file is not None:
         cfg.api.token_file = os.path.join(base, cfg.api.token_file)
     if cfg.collector.state_file is not None:

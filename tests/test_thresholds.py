@@ -33,6 +33,7 @@ from thresholds.model import CLASSES, METRICS, Limit, PortSets, ThresholdSet, Ti
 from thresholds.schema import SCHEMA_PATH, schema_text
 from thresholds.spec import (
     ANNOUNCE_KEYS,
+    ANOMALY_KEYS,
     ENTRY_KEYS,
     GLOBAL_KEYS,
     PORT_KEYS,
@@ -556,7 +557,11 @@ def test_every_key_is_documented() -> None:
     documented = documented_defaults()
     names = [k.name for k in GLOBAL_KEYS if k.name != "ports"]
     names += [f"ports.{k.name}" for k in PORT_KEYS]
-    names += [k.name for k in ENTRY_KEYS if k.kind not in ("timing", "announce", "limits")]
+    names += [
+        k.name for k in ENTRY_KEYS if k.kind not in ("timing", "announce", "limits", "anomaly")
+    ]
+    names += [f"anomaly.{k.name}" for k in ANOMALY_KEYS if k.name != "floor"]
+    names += ["anomaly.floor.METRIC"]
     names += [f"timing.{k.name}" for k in TIMING_KEYS]
     names += [f"announce.{k.name}" for k in ANNOUNCE_KEYS]
     names += ["thresholds.CLASS.METRIC", "host_thresholds.CLASS.METRIC"]

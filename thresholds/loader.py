@@ -18,6 +18,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from thresholds import units
+from thresholds.anomaly_keys import read_anomaly
 from thresholds.errors import Problem, ThresholdError, sorted_problems
 from thresholds.layers import Document, Entry, Layer, Setting
 from thresholds.model import CLASSES, METRICS, Network, ThresholdSet
@@ -254,6 +255,8 @@ class Reader:
                 keys = ANNOUNCE_KEYS if place == "entry" else DEFAULTS_ANNOUNCE_KEYS
                 for akey, _, anode in self.known(vnode, kpath, keys, place):
                     self.value(akey, anode, join(kpath, akey.name), ("announce", akey.name), layer)
+            elif key.kind == "anomaly":
+                read_anomaly(self, vnode, kpath, place, layer)
             elif key.kind == "ports":
                 for pkey, _, pnode in self.known(vnode, kpath, PORT_KEYS, place):
                     self.value(pkey, pnode, join(kpath, pkey.name), ("ports", pkey.name), layer)

@@ -88,6 +88,42 @@ class Announce:
     large_communities: tuple[str, ...] = ()  # "65000:1:2"
 
 
+#: statistics of a baseline that an anomaly rule can be relative to
+ANOMALY_STATS: tuple[str, ...] = ("median", "p95", "p99")
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRule:
+    """``FACTOR x STAT`` ("5x p99") or ``STAT + K mad`` ("p99 + 6 mad"): the level above
+    which a class is anomalous, relative to its baseline of the hour slot."""
+
+    text: str  # as normalised: "5x p99", "p99 + 6 mad"
+    stat: str  # median, p95 or p99
+    factor: float = 1.0
+    mads: float = 0.0  # robust deviations (1.4826 x MAD) added
+
+    def level(self, stat: float, mad: float) -> float:
+        return self.factor * stat + self.mads * mad
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Anomaly rules of a prefix: rates against the baselines of the rate history."""
+
+    rule: AnomalyRule | None = None  # None: no anomaly rule
+    classes: tuple[str, ...] = ()  # classes scored; empty: those with a static threshold
+    metric: Literal["bps", "pps"] = "pps"
+    floor: Limit = field(default_factory=Limit)  # never anomalous below these rates
+    mode: Literal["monitor", "divert"] = "monitor"  # monitor: scored, never diverts
+    mix: float | None = None  # class-mix rule: chi-square level of the robust distance
+    baselines: str | None = None  # history directory of the baselines (else divertor.yaml's)
+
+    def scored(self, thresholds: dict[str, Limit]) -> tuple[str, ...]:
+        """The classes scored, in CLASSES order."""
+        chosen = set(self.classes) if self.classes else set(thresholds)
+        return tuple(c for c in CLASSES if c in chosen)
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixPolicy:
     """Effective settings of one protected prefix (a configured entry)."""
@@ -100,6 +136,7 @@ class PrefixPolicy:
     carpet_min_hosts: int = 16  # carpet bombing: the prefix over, no host over, >= N hosts hit
     timing: Timing = field(default_factory=Timing)
     announce: Announce = field(default_factory=Announce)
+    anomaly: Anomaly = field(default_factory=Anomaly)
     parent: str | None = None  # the covering entry it inherits from, if any
     source_line: int = 0  # line of the entry in its file
     #: where each effective value came from, by key path of the file ("timing.trigger",

@@ -19,6 +19,7 @@ from thresholds.model import (
     CLASSES,
     METRICS,
     Announce,
+    Anomaly,
     Limit,
     Network,
     PortSets,
@@ -192,9 +193,24 @@ def build_policy(
         carpet_min_hosts=int(v[("carpet_min_hosts",)]),
         timing=timing,
         announce=announce,
+        anomaly=build_anomaly(v),
         parent=parent,
         source_line=e.node.start_mark.line + 1,
         origins=origins,
+    )
+
+
+def build_anomaly(v: dict[Leaf, Any]) -> Anomaly:
+    rule, mix = v[("anomaly", "rule")], v[("anomaly", "mix")]
+    floor = {m: v.get(("anomaly", "floor", m)) for m in ("bps", "pps")}
+    return Anomaly(
+        rule=None if rule in (None, "off") else rule,
+        classes=tuple(v[("anomaly", "classes")]),
+        metric=v[("anomaly", "metric")],
+        floor=Limit(**{m: None if x is None else float(x) for m, x in floor.items()}),
+        mode=v[("anomaly", "mode")],
+        mix=None if mix in (None, "off") else float(mix),
+        baselines=v[("anomaly", "baselines")],
     )
 
 

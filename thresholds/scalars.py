@@ -12,11 +12,15 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from thresholds import units
-from thresholds.model import Network
-from thresholds.spec import ANNOUNCE_MODES, MAX_ANNOUNCE, MODES
+from thresholds.model import ANOMALY_STATS, CLASSES, AnomalyRule, Network
+from thresholds.spec import ANNOUNCE_MODES, ANOMALY_METRICS, ANOMALY_MODES, MAX_ANNOUNCE, MODES
 from thresholds.units import UnitError, parse_int
 
 _PORT_RANGE_RE = re.compile(r"^\s*([0-9]+)\s*-\s*([0-9]+)\s*$")
+_STAT = "(" + "|".join(ANOMALY_STATS) + ")"
+_NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+_FACTOR_RE = re.compile(rf"^{_NUMBER}\s*[x*]\s*{_STAT}$")
+_MADS_RE = re.compile(rf"^{_STAT}\s*\+\s*{_NUMBER}\s*mads?$")
 
 
 def join(path: str, key: str) -> str:
@@ -115,6 +119,37 @@ def parse_port_range(text: str, what: str) -> tuple[int, int]:
     return low, high
 
 
+def parse_anomaly_rule(text: str) -> AnomalyRule | str:
+    """``5x p99`` or ``p99 + 6 mad`` (``median``, ``p95``, ``p99``); ``off`` stays the text."""
+    t = " ".join(text.strip().lower().split())
+    if t == units.OFF:
+        return units.OFF
+    m = _FACTOR_RE.match(t)
+    if m is not None:
+        factor = float(m[1])
+        if factor < 1:
+            raise UnitError(
+                f"the factor must be at least 1 (below the baseline is normal traffic), "
+                f"got '{text}'"
+            )
+        return AnomalyRule(f"{factor:g}x {m[2]}", m[2], factor=factor)
+    m = _MADS_RE.match(t)
+    if m is not None:
+        mads = float(m[2])
+        return AnomalyRule(f"{m[1]} + {mads:g} mad", m[1], mads=mads)
+    stats = ", ".join(ANOMALY_STATS)
+    raise UnitError(
+        f"expected a rule like '5x p99' or 'p99 + 6 mad' (statistics: {stats}), got '{text}'"
+    )
+
+
+def parse_class(text: str) -> str:
+    name = text.strip()
+    if name not in CLASSES:
+        raise UnitError(f"unknown class '{name}'; {suggest(name, CLASSES)}")
+    return name
+
+
 # -- converters of the leaf kinds of thresholds.spec: (text, key name) -> value ---------------
 
 
@@ -177,6 +212,15 @@ def _port_range(text: str, name: str) -> tuple[int, int]:
     return parse_port_range(text, name)
 
 
+def _mix(text: str, name: str) -> float | str:
+    if text.strip().lower() == units.OFF:
+        return units.OFF
+    value = units.parse_ratio(text)
+    if not 0 < value < 1:
+        raise UnitError(f"{name} must be above 0% and below 100% (like 99.9%), got '{text}'")
+    return round(value, 9)
+
+
 #: kind -> (what a value looks like, converter)
 SCALAR_KINDS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "duration": ("a duration like 10s, 5m or 1h", _duration),
@@ -190,4 +234,8 @@ SCALAR_KINDS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "mode": ("enforce or monitor", _choice(MODES)),
     "announce_mode": ("prefix, subnets or list", _choice(ANNOUNCE_MODES)),
     "port_range": ("a port range like 16384-32767", _port_range),
+    "anomaly_rule": ("a rule like 5x p99", lambda text, name: parse_anomaly_rule(text)),
+    "anomaly_metric": ("pps or bps", _choice(ANOMALY_METRICS)),
+    "anomaly_mode": ("monitor or divert", _choice(ANOMALY_MODES)),
+    "mix": ("a level like 99.9% or off", _mix),
 }

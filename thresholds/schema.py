@@ -13,10 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from thresholds.model import CLASSES, METRICS
+from thresholds.model import ANOMALY_STATS, CLASSES, METRICS
 from thresholds.spec import (
     ANNOUNCE_KEYS,
     ANNOUNCE_MODES,
+    ANOMALY_KEYS,
+    ANOMALY_METRICS,
+    ANOMALY_MODES,
     DEFAULTS_ANNOUNCE_KEYS,
     DEFAULTS_KEYS,
     ENTRY_KEYS,
@@ -77,6 +80,13 @@ _KIND_REF = {
     "timing": "timing",
     "announce": "announce",
     "ports": "ports",
+    "anomaly": "anomaly",
+    "anomaly_rule": "anomaly_rule",
+    "class_list": "class_list",
+    "anomaly_metric": "anomaly_metric",
+    "anomaly_mode": "anomaly_mode",
+    "floor": "floor",
+    "mix": "mix",
 }
 
 
@@ -123,6 +133,7 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of the threshold file format."""
     port = {"type": "integer", "minimum": 1, "maximum": 65535}
     range_pattern = r"^[0-9]{1,5}-[0-9]{1,5}$"
+    _stats = "(" + "|".join(ANOMALY_STATS) + ")"
     defs: dict[str, Any] = {
         **{f"rate_{m}": _rate(m) for m in METRICS},
         "limit": {
@@ -191,6 +202,29 @@ def json_schema() -> dict[str, Any]:
         "timing": _object(TIMING_KEYS, ("timing",)),
         "announce": _object(ANNOUNCE_KEYS, ("announce",)),
         "announce_defaults": _object(DEFAULTS_ANNOUNCE_KEYS, ("announce",)),
+        "anomaly": _object(ANOMALY_KEYS, ("anomaly",)),
+        "anomaly_rule": {
+            "description": "FACTOR x STAT ('5x p99') or STAT + K mad ('p99 + 6 mad'); off",
+            "type": "string",
+            "pattern": rf"^\s*([0-9.]+\s*[xX*]\s*{_stats}|{_stats}\s*\+\s*[0-9.]+\s*mads?|off)\s*$",
+        },
+        "class_list": {"type": "array", "items": {"enum": list(CLASSES)}},
+        "anomaly_metric": {"enum": list(ANOMALY_METRICS)},
+        "anomaly_mode": {"enum": list(ANOMALY_MODES)},
+        "floor": {
+            "description": "never anomalous below these rates",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {m: _ref(f"rate_{m}") for m in ANOMALY_METRICS},
+        },
+        "mix": {
+            "description": "a level like 99.9%, or off",
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?%|off)$"},
+                _OFF_AS_FALSE,
+            ],
+        },
         "ports": _object(PORT_KEYS, ("ports",)),
         "entry": _object(ENTRY_KEYS, ()),
         "defaults": _object(DEFAULTS_KEYS, ()),

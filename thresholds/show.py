@@ -153,6 +153,20 @@ def show(ts: ThresholdSet, prefix: str) -> str:
                 add(3, f"next_hop: {a.next_hop}", key)
         elif k.name in ("communities", "large_communities"):
             add(3, f"{k.name}: {_strings(getattr(a, k.name))}", key)
+    an = p.anomaly
+    if an.rule is not None or an.mix is not None:
+        add(2, "anomaly:")
+        add(3, f"rule: {json.dumps(an.rule.text if an.rule else 'off')}", "anomaly.rule")
+        add(3, f"classes: {_strings(an.classes)}", "anomaly.classes")
+        add(3, f"metric: {an.metric}", "anomaly.metric")
+        floors = [m for m in ("bps", "pps") if f"anomaly.floor.{m}" in o]
+        add(3, "floor:" if floors else "floor: {}")
+        for m in floors:
+            add(4, f"{m}: {format_rate(getattr(an.floor, m))}", f"anomaly.floor.{m}")
+        add(3, f"mode: {an.mode}", "anomaly.mode")
+        add(3, f"mix: {'off' if an.mix is None else format_ratio(an.mix)}", "anomaly.mix")
+        if an.baselines is not None:
+            add(3, f"baselines: {json.dumps(an.baselines)}", "anomaly.baselines")
     return _align(lines)
 
 
@@ -194,12 +208,18 @@ def _summary_row(p: PrefixPolicy) -> list[str]:
     name = p.name or (f"(in {p.parent})" if p.parent else "")
     limits = ", ".join(p.thresholds) or "none"
     host = ", ".join(p.host_thresholds) or "none"
+    an = p.anomaly
+    anomaly = ""
+    if an.rule is not None or an.mix is not None:
+        parts = (an.rule.text if an.rule else "", "mix" if an.mix else "")
+        what = " + ".join(x for x in parts if x)
+        anomaly = f"; anomaly: {what} ({an.mode})"
     return [
         str(p.prefix),
         name,
         p.mode,
         f"announce {announce}",
-        f"thresholds: {limits}; per host: {host}",
+        f"thresholds: {limits}; per host: {host}{anomaly}",
     ]
 
 

@@ -13,6 +13,7 @@ from thresholds.model import (
     CLASSES,
     METRICS,
     Announce,
+    Anomaly,
     PortSets,
     PrefixPolicy,
     ThresholdSet,
@@ -24,6 +25,8 @@ VERSION = 1
 MAX_ANNOUNCE = {4: 24, 6: 48}
 MODES: tuple[str, ...] = ("enforce", "monitor")
 ANNOUNCE_MODES: tuple[str, ...] = ("prefix", "subnets", "list")
+ANOMALY_MODES: tuple[str, ...] = ("monitor", "divert")
+ANOMALY_METRICS: tuple[str, ...] = ("pps", "bps")
 METRIC_DOC = {"bps": "bits per second", "pps": "packets per second", "fps": "flows per second"}
 
 
@@ -59,6 +62,16 @@ ENTRY_KEYS: tuple[Key, ...] = (
     ),
     Key("timing", "timing", "when to divert and when to stop"),
     Key("announce", "announce", "what to announce when the prefix is diverted"),
+    Key("anomaly", "anomaly", "rules relative to the baselines of the rate history"),
+)
+ANOMALY_KEYS: tuple[Key, ...] = (
+    Key("rule", "anomaly_rule", "anomalous above FACTOR x STAT ('5x p99') or STAT + K mad; off"),
+    Key("classes", "class_list", "classes scored; [] = every class with a static threshold"),
+    Key("metric", "anomaly_metric", "the metric compared with the baselines: pps or bps"),
+    Key("floor", "floor", "never anomalous below these rates: {pps: 20k, bps: 100M}"),
+    Key("mode", "anomaly_mode", "monitor: scored and recorded, never diverts; divert"),
+    Key("mix", "mix", "class-mix rule: the robust distance of the class rates, at this level"),
+    Key("baselines", "text", "history directory of the baselines (default: divertor.yaml's)"),
 )
 TIMING_KEYS: tuple[Key, ...] = (
     Key("trigger", "duration", "over a threshold this long before diverting"),
@@ -136,6 +149,11 @@ def builtin_defaults() -> dict[tuple[str, ...], Any]:
     out[("ports", "amplification")] = tuple(sorted(ports.amplification))
     out[("ports", "sip")] = tuple(sorted(ports.sip))
     out[("ports", "rtp")] = (ports.rtp_low, ports.rtp_high)
+    anomaly = Anomaly()
+    for k in ANOMALY_KEYS:
+        if k.name != "floor":  # like thresholds: no floor by default
+            value = getattr(anomaly, k.name)
+            out[("anomaly", k.name)] = value.text if k.name == "rule" and value else value
     timing = Timing()
     for k in TIMING_KEYS:
         out[("timing", k.name)] = getattr(timing, k.field or k.name)
@@ -159,6 +177,7 @@ def leaf_label(leaf: tuple[str, ...]) -> str:
 __all__ = [
     "ANNOUNCE_KEYS",
     "ANNOUNCE_MODES",
+    "ANOMALY_KEYS",
     "CLASSES",
     "DEFAULTS_ANNOUNCE_KEYS",
     "DEFAULTS_KEYS",
