@@ -3,10 +3,10 @@
 .venv/bin/python bench/run_memory.py [--hosts 10000,100000,1000000] [--seconds 90] [--write]
 
 Per collector (divertor, FastNetMon through the shared harness's adapter) and host count N: a
-fresh daemon protecting 10.0.0.0/12, 198.51.100.0/22, 2001:db8::/48 (thresholds never reached),
-on CPU 1; VmRSS/VmHWM (/proc/PID/status) and Pss (smaps_rollup) idle, after a paced NetFlow v9
-load (``--records`` IPv4 records to N distinct hosts of the /12 + 10 % IPv6 records to N/10
-hosts, now-stamped, the same records count for every N) and ``--settle`` s later.
+fresh daemon protecting 10.0.0.0/12, 198.51.100.0/22, 2001:db8::/48 (thresholds never reached);
+VmRSS/VmHWM (/proc/PID/status) and Pss (smaps_rollup) idle, ``--settle`` s later, after a paced
+NetFlow v9 load (``--records`` IPv4 records to N distinct hosts of the /12 + 10 % IPv6 records
+to N/10 hosts, now-stamped, the same records count for every N) and ``--settle`` s later.
 """
 
 from __future__ import annotations
@@ -57,16 +57,13 @@ TAIL = ((7, 2), (11, 2), (4, 1), (2, 4), (1, 4), (22, 4), (21, 4))  # ports .. f
 TEMPLATES = {256: ((8, 4), (12, 4), *TAIL), 257: ((27, 16), (28, 16), *TAIL)}
 PER_DGRAM = {256: (1400 - 24) // V4.itemsize, 257: (1400 - 24) // V6.itemsize}
 TEMPLATE_EVERY = 256  # datagrams
-MEM_COLUMNS = (("idle", ("rss", "pss")), ("loaded", ("rss", "hwm", "pss")))
-MEM_COLUMNS += (("settled", ("rss", "hwm", "pss")),)
-
-
-def template_flowset() -> bytes:
-    body = b"".join(
-        struct.pack(">HH", tid, len(f)) + b"".join(struct.pack(">HH", *x) for x in f)
-        for tid, f in TEMPLATES.items()
-    )
-    return struct.pack(">HH", 0, 4 + len(body)) + body
+_TS = [
+    struct.pack(">HH", t, len(f)) + struct.pack(f">{2 * len(f)}H", *sum(f, ()))
+    for t, f in TEMPLATES.items()
+]
+TEMPLATE_SET = struct.pack(">HH", 0, 4 + sum(map(len, _TS))) + b"".join(_TS)
+MEM_COLUMNS = (("idle", ("rss", "pss")), ("idle_w", ("rss", "pss")))
+MEM_COLUMNS += (("loaded", ("rss", "hwm", "pss")), ("settled", ("rss", "hwm", "pss")))
 
 
 class Load:
@@ -115,7 +112,7 @@ class Load:
         body = rec.tobytes() + b"\0" * (-rec.nbytes % 4)
         sets = struct.pack(">HH", tid, 4 + len(body)) + body
         if i % TEMPLATE_EVERY == 0:
-            sets, k = template_flowset() + sets, k + 2
+            sets, k = TEMPLATE_SET + sets, k + 2
         return struct.pack(">HHIIII", 9, k, uptime, int(now), i, 0) + sets
 
 
@@ -123,7 +120,8 @@ def mem(pid: int) -> dict[str, float]:
     """VmRSS, VmHWM and Pss of a process, MiB."""
     text = Path(f"/proc/{pid}/status").read_text() + Path(f"/proc/{pid}/smaps_rollup").read_text()
     keys = {"VmRSS:": "rss", "VmHWM:": "hwm", "Pss:": "pss"}
-    return {keys[f[0]]: int(f[1]) / 1024 for f in map(str.split, text.splitlines()) if f[0] in keys}
+    lines = [f for f in map(str.split, text.splitlines()) if f and f[0] in keys]
+    return {keys[f[0]]: int(f[1]) / 1024 for f in lines}
 
 
 def free_port(kind: int) -> int:
@@ -165,9 +163,7 @@ class Divertor:
         Path(wd, "divertor.yaml").write_text(CONFIG.format(port=self.port, api=self.api))
         cmd = [sys.executable, "-m", "divertor.cli", "run", "--config", "divertor.yaml"]
         self.log = open(Path(wd, "daemon.log"), "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", "1", *cmd], cwd=wd, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(cmd, cwd=wd, stdout=self.log, stderr=subprocess.STDOUT)
         self.pid, deadline = self.proc.pid, time.monotonic() + 30
         while self.proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
@@ -197,10 +193,10 @@ class FastNetMon:
         import bench  # the shared harness (untyped)
 
         self.bench: Any = bench
-        with socket.socket() as s:  # the adapter's fixed Prometheus port must be ours
-            s.bind(("127.0.0.1", bench.FastNetMon.prom_port))
+        bench.COLLECTOR_CPU = "0,1"  # unpinned, as the divertor daemon
         self.port = free_port(socket.SOCK_DGRAM)
         self.fnm: Any = bench.FastNetMon(self.port, wd)
+        self.fnm.prom_port = free_port(socket.SOCK_STREAM)  # not the harness's fixed 29209
         prepare = self.fnm.prepare
 
         def ours() -> None:  # the adapter's config, our networks
@@ -227,7 +223,9 @@ def one_pass(kind: str, hosts: int, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.idle)
             row: dict[str, Any] = {"collector": kind, "hosts": hosts, "hosts6": load.hosts6}
             row |= {"records": load.records, "datagrams": len(load.plan), "idle": mem(d.pid)}
-            print(f"{kind} {hosts:,} hosts: idle {row['idle']}; sending ...", flush=True)
+            time.sleep(args.settle)  # the window passes, no traffic yet
+            row["idle_w"] = mem(d.pid)
+            print(f"{kind} {hosts:,}: idle {row['idle']} {row['idle_w']}; sending", flush=True)
             row["send_s"] = send(load, d.port, args.seconds)
             for _ in range(60):  # until everything sent is counted (or 60 s)
                 time.sleep(1.0)
@@ -249,9 +247,7 @@ def one_pass(kind: str, hosts: int, args: argparse.Namespace) -> dict[str, Any]:
 def conditions(args: argparse.Namespace, t0: float, load0: tuple[float, ...]) -> dict[str, str]:
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
-    fnm = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Version}", "fastnetmon"], capture_output=True
-    )
+    fnm = subprocess.run(["dpkg-query", "-Wf", "${Version}", "fastnetmon"], capture_output=True)
     rows, chans, nbytes = fixed_host_bytes()
     t = [dt.datetime.fromtimestamp(x, dt.UTC).strftime("%Y-%m-%d %H:%M") for x in (t0, time.time())]
     la = [" / ".join(f"{x:.2f}" for x in avg) for avg in (load0, os.getloadavg())]
@@ -262,7 +258,7 @@ def conditions(args: argparse.Namespace, t0: float, load0: tuple[float, ...]) ->
         "software": f"CPython {platform.python_version()}, numpy {np.__version__}, divertor git "
         f"{git.stdout.decode().strip()} (working tree), FastNetMon {fnm.stdout.decode()}",
         "load avg 1/5/15 start → end": f"{la[0]} → {la[1]}",
-        "pinning": "daemon `taskset -c 1` (FastNetMon too), sender (this script) unpinned",
+        "pinning": "none (daemon, FastNetMon, sender = this script)",
         "config": "divertor.yaml: collector.listen 127.0.0.1:PORT, bgp dry-run, api on, timeline"
         " SQLite, detector window 96 s; thresholds total/udp/tcp_syn/amplification/fragments pps"
         f" 1T, host udp pps 1T on {', '.join(PREFIXES)}; FastNetMon: bench.py adapter config",
@@ -271,16 +267,17 @@ def conditions(args: argparse.Namespace, t0: float, load0: tuple[float, ...]) ->
         "load": f"NetFlow v9, {v4:,} IPv4 records to N hosts of 10.0.0.0/12 + {v6:,} IPv6 to "
         f"N/10 of 2001:db8::/48 ({PER_DGRAM[256]} / {PER_DGRAM[257]} per datagram, templates "
         f"every {TEMPLATE_EVERY}), over {args.seconds:.0f} s ≈ {rate:,.0f} rec/s, now-stamped",
-        "measured": f"idle {args.idle:.0f} s after start; after load (all counted); "
-        f"{args.settle:.0f} s later (+settle); MiB of the daemon process",
+        "measured": f"MiB of the daemon process: idle {args.idle:.0f} s after start, then "
+        f"+{args.settle:.0f} s (settle), load, when all is counted, +{args.settle:.0f} s",
     }
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| collector | distinct v4 / v6 hosts | records / datagrams | counted | socket drops"
-        " / overload | idle RSS / PSS | after load RSS / HWM / PSS | +settle RSS / HWM / PSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " / overload | idle RSS / PSS | idle +settle RSS / PSS | after load RSS / HWM / PSS |"
+        " load +settle RSS / HWM / PSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         c = r["counts_settled"]

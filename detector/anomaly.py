@@ -20,19 +20,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
-from scipy.stats import chi2
 
 from detector.contracts import Status, Verdict
 from detector.prefixes import PrefixIndex
 from detector.rates import RateKeeper
 from detector.verdicts import EvalConfig, _runs
 from thresholds.model import CLASSES, METRICS, ThresholdSet
+
+if TYPE_CHECKING:  # pandas and scipy load with the first baselines, not with the detector
+    import pandas as pd
 
 THIN = "not enough history"
 MOVED_TOP = 3  # classes named in "moved"
@@ -378,6 +379,8 @@ class AnomalyEvaluator:
             return None
         cols = [CLASSES.index(c) for c in model.classes]
         d2, up = model.score(rate[:, cols])
+        from scipy.stats import chi2
+
         level = float(chi2.ppf(p.anomaly.mix, df=len(cols)))
         total = rate[:, CLASSES.index("total")]
         return (d2 > level) & up & (total > self.floor[i]), d2, level
