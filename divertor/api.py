@@ -249,5 +249,8 @@ def start_api(daemon: DaemonView, cfg: ApiConfig) -> ApiServer:
     host, _, port = cfg.listen.rpartition(":")
     server = ApiServer(ApiHandler(daemon, read_token(cfg.token_file)), host.strip("[]"), int(port))
     server.thread.start()
-    log.info("API on http://%s/ (writes %s)", cfg.listen, "on" if cfg.token_file else "off")
+    where = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    log.info(
+        "API on http://%s:%d/ (writes %s)", where, server.port, "on" if cfg.token_file else "off"
+    )
     return server

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +31,15 @@ from allowlist.service import AllowlistService
 from bgp.engine import Engine
 from collector.datagram import DatagramBatch
 from collector.sources.udp import UdpListener, UdpListenerConfig
-from detector.contracts import DesiredSet
+from detector.contracts import DesiredSet, RateFrame
 from divertor import config as config_mod
 from divertor.bgp_cmd import Setup, make_policy
 from divertor.incidents_cmd import thresholds_lines
 from divertor.pipeline import Pipeline, Timeline
 from divertor.store import TimelineStore
+from divertor.watch import ExporterWatch
 from divertor.workers import BgpWorker, TimelineWriter
+from thresholds.model import ThresholdSet
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,6 @@ class Daemon:
         self.rates: dict[str, npt.NDArray[np.float64]] = {}
         self.started = 0.0
         self.last_reload: dict[str, Any] = {}
-        self._exporters: dict[str, tuple[int, float, bool]] = {}  # datagrams, since, silent
         self._snapshot_text = ""
 
     # ------------------------------------------------------------------ start
@@ -96,6 +98,7 @@ class Daemon:
         self.cfg = cfg = config_mod.load(self.options.config)
         self.ts = ts = thresholds.load(cfg.thresholds)
         self.queue = queue.Queue(cfg.daemon.queue_batches)
+        self.watch = ExporterWatch(cfg.daemon.exporter_silent_after)
         self.listener = UdpListener(  # bound first: a port in use fails before anything runs
             UdpListenerConfig(listen=cfg.collector.listen, rcvbuf=cfg.collector.rcvbuf),
             self._enqueue,
@@ -121,6 +124,9 @@ class Daemon:
             log.info("restored decoder state from %s", cfg.collector.state_file)
         restored = self._restore(now)
         self.pipe.frame_sink = self.writer.frames
+        self.history: Any = None
+        if cfg.history.path:
+            self._start_history(cfg, ts)
         self.pipe.desired_sink = self._desired
         self.timeline = _Live(self)
         base = os.path.dirname(os.path.abspath(self.options.config))
@@ -158,6 +164,34 @@ class Daemon:
 
             self.api = start_api(self, cfg.api)
         log.info("listening for flows on %s", self.listener.addresses)
+
+    def _start_history(self, cfg: config_mod.Config, ts: ThresholdSet) -> None:
+        """The rate history and the anomaly rules' baselines (docs/history.md). Its DuckDB
+        work (recording, refreshes of seconds) runs on the timeline writer's thread."""
+        from divertor import history_cmd
+        from history.live import HistoryService
+
+        assert cfg.history.path is not None
+        os.makedirs(cfg.history.path, exist_ok=True)
+        self.history = history = HistoryService(
+            cfg.history,
+            history_cmd.load_config(cfg.history.path),
+            ts.bin_seconds,
+            anomaly=lambda: self.pipe.anomaly,
+            base_dir=os.path.dirname(cfg.thresholds),
+        )
+        to_store = self.writer.frames
+
+        def sink(frames: list[RateFrame]) -> None:
+            to_store(frames)
+            self.writer.call(lambda _s: history.frames(frames))
+
+        self.pipe.frame_sink = sink
+
+    def _history_call(self, fn: Callable[[Any], object]) -> None:
+        if self.history is not None:
+            history = self.history
+            self.writer.call(lambda _s: fn(history))
 
     @property
     def snapshot_path(self) -> str:
@@ -197,6 +231,9 @@ class Daemon:
             if line.get("type") not in ("verdict", "thresholds"):
                 log.info("timeline %s", json.dumps(line, default=str))
         self.writer.lines(lines)
+        if lines:  # the history leaves diverted incidents out of its baselines
+            batch = list(lines)
+            self._history_call(lambda h: h.lines(batch))
 
     def _desired(self, desired: DesiredSet) -> None:
         self._save_incidents()  # before the routes change: a restart resumes from here
@@ -219,6 +256,7 @@ class Daemon:
         cfg = self.cfg.daemon
         next_stats = next_state = next_exporters = time.monotonic()
         next_prune = time.monotonic() + 3600.0
+        next_history = time.monotonic() + 5.0
         while not self.stop_event.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -238,6 +276,9 @@ class Daemon:
             if mono >= next_state and self.cfg.collector.state_file:
                 next_state = mono + cfg.state_every
                 self.pipe.decoder.save(self.cfg.collector.state_file)
+            if mono >= next_history:
+                next_history = mono + 60.0
+                self._history_call(lambda h: self.record(h.poll(time.time())))
             if mono >= next_prune:
                 next_prune = mono + 3600.0
                 self.writer.call(lambda s: s.prune())
@@ -282,32 +323,11 @@ class Daemon:
             self.rates = rates
 
     def _check_exporters(self, now: float) -> None:
-        silent_after = self.cfg.daemon.exporter_silent_after
-        lines = []
-        for name, st in list(self.pipe.decoder.stats.by_exporter.items()):
-            seen = self._exporters.get(name)
-            if seen is None:
-                self._exporters[name] = (st.datagrams, now, False)
-                lines.append(_exporter(now, name, "appeared", st.datagrams))
-            elif st.datagrams != seen[0]:
-                if seen[2]:
-                    lines.append(_exporter(now, name, "back", st.datagrams))
-                self._exporters[name] = (st.datagrams, now, False)
-            elif not seen[2] and now - seen[1] >= silent_after:
-                self._exporters[name] = (seen[0], seen[1], True)
-                lines.append(_exporter(now, name, "silent", st.datagrams, now - seen[1]))
+        stats = self.pipe.decoder.stats.by_exporter
+        lines = self.watch.check({k: v.datagrams for k, v in list(stats.items())}, now)
         if self.allowlist is not None:
-            version = self.allowlist.state.version
-            if version != getattr(self, "_allowlist_version", None):
-                self._allowlist_version = version
-                lines.append(
-                    {
-                        "time": now,
-                        "type": "allowlist",
-                        "version": version,
-                        "entries": len(self.allowlist.state),
-                    }
-                )
+            state = self.allowlist.state
+            lines += self.watch.allowlist(state.version, len(state), now)
         self.record(lines)
 
     # ------------------------------------------------------------------ reload
@@ -328,6 +348,7 @@ class Daemon:
         restart = _needs_restart(self.cfg, cfg)
         what = self.pipe.reload(cfg, ts)
         self.bgp.reconfigure(setup)
+        self._history_call(lambda h: h.install())  # the new evaluator gets the baselines
         self.cfg, self.ts = cfg, ts
         self.counters["reloads_ok"] += 1
         reason = (
@@ -377,6 +398,7 @@ class Daemon:
                 },
             ]
         )
+        self._history_call(lambda h: h.close())
         self.writer.stop()
         self.store.close()
 
@@ -427,21 +449,6 @@ class Daemon:
                 else None
             ),
         }
-
-
-def _exporter(
-    now: float, name: str, event: str, datagrams: int, quiet: float | None = None
-) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "time": now,
-        "type": "exporter",
-        "exporter": name,
-        "event": event,
-        "datagrams": datagrams,
-    }
-    if quiet is not None:
-        line["reason"] = f"no datagram for {quiet:.0f}s"
-    return line
 
 
 def _needs_restart(old: config_mod.Config, new: config_mod.Config) -> list[str]:

@@ -5,6 +5,7 @@ in force), incident resume across a restart, and the status command."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from divertor.daemon import Daemon, RunOptions
 from divertor.metrics import render_metrics
 from divertor.run_cmd import as_text
 from divertor.store import StoreError, TimelineStore
+from tests import shared
 from tests.test_bgp_lab import until
 from tests.test_run_lab import short_timing
 
@@ -261,16 +263,18 @@ def _get(url: str) -> dict[str, Any]:
 def test_sighup_with_a_bad_thresholds_file(tmp_path: Path) -> None:
     """The real process: SIGHUP with a broken file is refused with file:line in the log and
     the timeline; the old thresholds stay in force; the HTTP API says so; 401 over HTTP."""
-    port = free_port()
-    config = write_config(tmp_path, api_port=port)
+    config = write_config(tmp_path, api_port=0)  # the bound port is in the log
     log = tmp_path / "run.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "divertor.cli", "run", "--config", str(config)],
             cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
+        until(lambda: "API on http://" in log.read_text(), timeout=30, what="the API")
+        port = re.search(r"API on http://127\.0\.0\.1:(\d+)/", log.read_text())
+        assert port is not None
+        url = f"http://127.0.0.1:{port.group(1)}"
 
         def up() -> bool:
             try:
@@ -326,3 +330,54 @@ def test_incidents_read_the_store_of_the_configuration(
     monkeypatch.delenv("DIVERTOR_STORE")
     monkeypatch.setenv("DIVERTOR_CONFIG", str(tmp_path / "missing.yaml"))
     assert incidents_cmd.default_store() == incidents_cmd.DEFAULT_STORE
+
+
+def test_exporters_appear_go_silent_and_come_back() -> None:
+    from divertor.watch import ExporterWatch
+
+    w = ExporterWatch(silent_after=120.0)
+    events = lambda lines: [(x["exporter"], x["event"]) for x in lines]  # noqa: E731
+    assert events(w.check({"192.0.2.1": 5}, 1000.0)) == [("192.0.2.1", "appeared")]
+    assert w.check({"192.0.2.1": 9}, 1010.0) == []
+    assert w.check({"192.0.2.1": 9}, 1129.0) == []  # 119 s quiet
+    silent = w.check({"192.0.2.1": 9, "192.0.2.2": 1}, 1130.0)
+    assert events(silent) == [("192.0.2.1", "silent"), ("192.0.2.2", "appeared")]
+    assert silent[0]["reason"] == "no datagram for 120s"
+    assert w.check({"192.0.2.1": 9, "192.0.2.2": 1}, 1200.0) == []  # said once
+    back = w.check({"192.0.2.1": 10, "192.0.2.2": 1}, 1300.0)
+    assert events(back) == [("192.0.2.1", "back"), ("192.0.2.2", "silent")]
+    assert w.allowlist(7, 100, 1.0)[0]["version"] == 7 and w.allowlist(7, 100, 2.0) == []
+
+
+FLOOD = shared.SCENARIOS / "udp-flood" / "flows.pcap"
+
+
+@pytest.mark.skipif(not FLOOD.exists(), reason="no shared scenarios")
+def test_daemon_records_the_rate_history(tmp_path: Path) -> None:
+    """history.path set: the settled rates of the live pipeline reach the history store
+    (on the writer's thread), and a baseline refresh line reaches the timeline."""
+    from divertor import history_cmd
+    from divertor.replay_cmd import bin_batches
+
+    config = write_config(tmp_path)
+    with open(config, "a") as fh:
+        fh.write("history:\n  path: history\n  refresh_every: 60\n")
+    d = Daemon(RunOptions(str(config)))
+    d.start()
+    try:
+        first = None
+        for batch in bin_batches(str(FLOOD), 1.0):
+            first = first or float(batch.arrival[0])
+            d.step(batch, float(batch.arrival[-1]))
+            if batch.arrival[-1] - first > 240:
+                break
+        d.pipe.flush()
+        d._history_call(lambda h: d.record(h.poll(first + 240)))
+    finally:
+        d.stop()
+    store = history_cmd.open_store(str(tmp_path / "history"))
+    span = store.span("s1")
+    assert span is not None and span[1] - span[0] >= 120, span
+    assert "198.18.10.0/24" in store.prefixes()
+    with TimelineStore(str(tmp_path / "timeline.sqlite"), readonly=True) as ts:
+        assert any(x["type"] == "baselines" for x in ts.lines())
