@@ -244,11 +244,18 @@ def one_pass(kind: str, hosts: int, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def conditions(args: argparse.Namespace, t0: float, load0: tuple[float, ...]) -> dict[str, str]:
-    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
+def git_rev() -> str:
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
+    return git.stdout.decode().strip()
+
+
+def conditions(
+    args: argparse.Namespace, t0: float, load0: tuple[float, ...], rev: str
+) -> dict[str, str]:
+    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
     fnm = subprocess.run(["dpkg-query", "-Wf", "${Version}", "fastnetmon"], capture_output=True)
     rows, chans, nbytes = fixed_host_bytes()
+    now = git_rev()
     t = [dt.datetime.fromtimestamp(x, dt.UTC).strftime("%Y-%m-%d %H:%M") for x in (t0, time.time())]
     la = [" / ".join(f"{x:.2f}" for x in avg) for avg in (load0, os.getloadavg())]
     v4, v6, rate = args.records, args.records // 10, args.records * 1.1 / args.seconds
@@ -256,7 +263,8 @@ def conditions(args: argparse.Namespace, t0: float, load0: tuple[float, ...]) ->
         "date (UTC)": f"{t[0]} – {t[1]}",
         "machine": f"{cpu} × {os.cpu_count()} vCPU, kernel {platform.release()}",
         "software": f"CPython {platform.python_version()}, numpy {np.__version__}, divertor git "
-        f"{git.stdout.decode().strip()} (working tree), FastNetMon {fnm.stdout.decode()}",
+        f"{rev} (working tree{', HEAD ' + now + ' at the end' if now != rev else ''}), "
+        f"FastNetMon {fnm.stdout.decode()}",
         "load avg 1/5/15 start → end": f"{la[0]} → {la[1]}",
         "pinning": "none (daemon, FastNetMon, sender = this script)",
         "config": "divertor.yaml: collector.listen 127.0.0.1:PORT, bgp dry-run, api on, timeline"
@@ -301,7 +309,7 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="append a section to bench/RESULTS.md")
     args = ap.parse_args()
     os.chdir(ROOT)
-    t0, load0 = time.time(), os.getloadavg()
+    t0, load0, rev = time.time(), os.getloadavg(), git_rev()
     rows = []
     for kind in args.collectors.split(","):
         for hosts in [int(h) for h in args.hosts.split(",")]:
@@ -309,7 +317,7 @@ def main() -> int:
                 rows.append(one_pass(kind, hosts, args))
             except (OSError, RuntimeError) as e:
                 print(f"{kind} {hosts}: skipped: {e}", flush=True)
-    cond = conditions(args, t0, load0)
+    cond = conditions(args, t0, load0, rev)
     text = ["| item | value |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in cond.items()]]
     text += ["", *table(rows)]
     store = [f"{r['hosts']:,}: {r['store_mb']:.1f} MiB" for r in rows if "store_mb" in r]
