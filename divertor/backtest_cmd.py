@@ -119,10 +119,40 @@ def diff(a: bt.Result, b: bt.Result, name_a: str, name_b: str) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from divertor.history_cmd import _time, open_store
+def _history_of(args: argparse.Namespace) -> str:
+    """--history DIR, or a history built from --capture PCAP... replayed with --config."""
+    if bool(args.history) == bool(args.capture):
+        raise ValueError("give --history DIR or --capture PCAP (with --config), not both")
+    if args.history:
+        return str(args.history)
+    if not args.config:
+        raise ValueError("--capture needs --config (the divertor.yaml to replay it with)")
+    import tempfile
 
-    store = open_store(args.history)
+    from divertor.replay_cmd import replay
+
+    directory = tempfile.mkdtemp(prefix="divertor-backtest-")
+    for capture in args.capture:
+        replay(capture, args.config, progress=sys.stderr, history=directory)
+    return directory
+
+
+def run(args: argparse.Namespace) -> int:
+    from divertor.history_cmd import open_store
+
+    directory = _history_of(args)
+    try:
+        return _run(args, open_store(directory))
+    finally:
+        if args.capture:  # the history built for this run only
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, store: HistoryStore) -> int:
+    from divertor.history_cmd import _time
+
     t0 = _time(args.t_from) if args.t_from else None
     t1 = _time(args.t_to) if args.t_to else None
     progress = not args.no_progress

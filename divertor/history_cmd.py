@@ -107,7 +107,14 @@ def add_threshold_actions(tsub: Any) -> None:
         p.add_argument("file")
         if name == "diff":
             p.add_argument("other")
-        p.add_argument("--history", required=True, metavar="DIR")
+        p.add_argument("--history", metavar="DIR", help="the stored history to run over")
+        p.add_argument(
+            "--capture",
+            action="append",
+            metavar="PCAP",
+            help="or: run over these captures (repeatable), replayed first with --config",
+        )
+        p.add_argument("--config", metavar="FILE", help="divertor.yaml for --capture")
         p.add_argument("--from", dest="t_from", metavar="TIME")
         p.add_argument("--to", dest="t_to", metavar="TIME")
         p.add_argument("--json", action="store_true", help="JSON Lines instead of text")

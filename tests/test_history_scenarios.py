@@ -130,3 +130,21 @@ def test_backtest_diverts_the_udp_flood_when_the_replay_does(
     assert got.end is not None and abs((got.end - got.start) - (withdraw - replayed)) <= 20
     # the flood is excluded from the baselines' samples
     assert [p for p, *_ in store.excluded()] == ["198.18.10.0/24"]
+
+
+@pytest.mark.skipif(not (SCENARIOS / "udp-flood" / "flows.pcap").exists(), reason="no scenarios")
+def test_backtest_over_captures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`thresholds backtest FILE --capture PCAP --config divertor.yaml`: the history is built
+    from the capture first (and removed after); the flood is found."""
+    from divertor import cli
+
+    cfg = ROOT / "examples" / "scenarios" / "udp-flood" / "divertor.yaml"
+    site = ROOT / "examples" / "scenarios" / "voip-site.thresholds.yaml"
+    pcap = SCENARIOS / "udp-flood" / "flows.pcap"
+    args = ["thresholds", "backtest", str(site), "--capture", str(pcap), "--config", str(cfg)]
+    assert cli.main([*args, "--json", "--no-progress"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    diversions = [x for x in lines if x["type"] == "diversion"]
+    assert [d["prefix"] for d in diversions] == ["198.18.10.0/24"], lines
+    assert cli.main([*args[:3], "--capture", str(pcap)]) == 2  # --capture needs --config
+    assert "needs --config" in capsys.readouterr().err
