@@ -31,7 +31,7 @@ from allowlist.service import AllowlistService
 from bgp.engine import Engine
 from collector.datagram import DatagramBatch
 from collector.sources.udp import UdpListener, UdpListenerConfig
-from detector.contracts import DesiredSet, RateFrame
+from detector.contracts import DesiredSet, RateFrame, State
 from divertor import config as config_mod
 from divertor.bgp_cmd import Setup, make_policy
 from divertor.incidents_cmd import thresholds_lines
@@ -90,6 +90,7 @@ class Daemon:
         self.started = 0.0
         self.last_reload: dict[str, Any] = {}
         self._snapshot_text = ""
+        self._templates = 0  # template records seen at the last save of the decoder state
 
     # ------------------------------------------------------------------ start
     def start(self, now: float | None = None) -> None:
@@ -209,6 +210,11 @@ class Daemon:
             log.error("incident state %s unreadable, not resumed: %s", self.snapshot_path, e)
         inc = self.pipe.incidents
         restored = inc.restore(snap) if snap else []
+        for prefix in restored:  # the blind spot again: the rates start empty after a
+            t = inc.tracks[prefix]  # restart, so a diversion is not judged on them until
+            if t.state is State.DIVERTED:  # a horizon of fresh data has come in
+                t.hold = max(t.hold, now - t.diverted_at + self.cfg.detector.horizon)
+                t.under_since = None
         inc.next_incident = max(inc.next_incident, self.store.next_incident_id())
         keep = {inc.tracks[p].incident for p in restored}
         stale = [i.id for i in self.store.open_incidents() if i.engine_id not in keep]
@@ -273,7 +279,10 @@ class Daemon:
             if mono >= next_stats:
                 next_stats = mono + cfg.stats_interval
                 log.info("stats %s", json.dumps(self.counters))
-            if mono >= next_state and self.cfg.collector.state_file:
+            if self.cfg.collector.state_file and (
+                mono >= next_state
+                or (mono >= next_state - cfg.state_every + 5.0 and self._new_templates())
+            ):  # periodically, and within 5 s of a new template: a restart decodes at once
                 next_state = mono + cfg.state_every
                 self.pipe.decoder.save(self.cfg.collector.state_file)
             if mono >= next_history:
@@ -282,6 +291,11 @@ class Daemon:
             if mono >= next_prune:
                 next_prune = mono + 3600.0
                 self.writer.call(lambda s: s.prune())
+
+    def _new_templates(self) -> bool:
+        n = sum(st.templates for st in list(self.pipe.decoder.stats.by_exporter.values()))
+        new, self._templates = n != self._templates, n
+        return new
 
     def step(self, batch: DatagramBatch | None, now: float) -> None:
         """One batch (or, when none came, the clock): decode, count, evaluate, hand over."""
