@@ -383,3 +383,29 @@ def test_daemon_records_the_rate_history(tmp_path: Path) -> None:
     assert "198.18.10.0/24" in store.prefixes()
     with TimelineStore(str(tmp_path / "timeline.sqlite"), readonly=True) as ts:
         assert any(x["type"] == "baselines" for x in ts.lines())
+
+
+def test_no_body_gets_a_5xx(api: tuple[ApiHandler, FakeDaemon]) -> None:
+    """Hypothesis: whatever the body and path, the API answers 2xx/4xx, never 5xx, and an
+    answer other than 200 changed nothing."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    h, fake = api
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40))
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3), max_leaves=5)
+    docs = st.dictionaries(
+        st.sampled_from(["prefix", "reason", "who", "id", "x"]), values, max_size=4
+    ).map(lambda d: json.dumps(d).encode())
+    bodies = st.one_of(docs, st.binary(max_size=60))
+    paths = st.sampled_from(["/divert", "/withdraw", "/approve", "/reject", "/x"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=paths, body=bodies)
+    def check(path: str, body: bytes) -> None:
+        status, _, doc = h.handle("POST", path, TOKEN, body)
+        assert 200 <= status < 500, (status, doc)
+        if status != 200:
+            assert not fake.engine().status()["target"]
+
+    check()
