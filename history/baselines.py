@@ -53,6 +53,9 @@ class NotEnoughHistory:
         return f"{self.prefix} {self.channel} slot {self.slot}: not enough history ({self.reason})"
 
 
+CHUNK_PREFIXES = 25  # prefixes whose samples are in memory at once during a refresh
+
+
 def channels_of(cfg: BaselineConfig) -> list[str]:
     return [c for c in CHANNELS if c.split(".")[1] in cfg.metrics]
 
@@ -109,7 +112,17 @@ def compute(
     start: float | None = None,
 ) -> pd.DataFrame:
     """Baselines of every prefix x channel x slot, as rows of the store's baselines table,
-    learned from [max(start, now - days), now)."""
+    learned from [max(start, now - days), now). Computed ``CHUNK_PREFIXES`` prefixes at a
+    time, so memory stays bounded whatever the number of prefixes (a week of 1,000 prefixes
+    read at once needs more than 24 GB in pandas)."""
+    names = list(prefixes) if prefixes is not None else store.prefixes()
+    if len(names) > CHUNK_PREFIXES:
+        parts = [
+            compute(store, cfg, now, names[i : i + CHUNK_PREFIXES], start)
+            for i in range(0, len(names), CHUNK_PREFIXES)
+        ]
+        return pd.concat([p for p in parts if not p.empty] or parts[:1], ignore_index=True)
+    prefixes = names
     chans = channels_of(cfg)
     df = samples(store, cfg, now, prefixes, chans, start)
     cols = [

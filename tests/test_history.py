@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from detector.contracts import RateFrame
@@ -248,3 +249,22 @@ def test_cli_backtest_diff_recommend_and_baseline(
     assert cli.main(["history", "baseline", *h]) == 0
     assert "not enough history: 1 days, need 3" in capsys.readouterr().out
     assert cli.main(["thresholds", "recommend", *h]) == 2  # neither PREFIX nor --all
+
+
+def test_baselines_in_prefix_chunks_equal_all_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh reads CHUNK_PREFIXES prefixes at a time (bounded memory): same table."""
+    store = HistoryStore(str(tmp_path))
+    names = [f"10.0.{i}.0/24" for i in range(7)]
+    _bulk(store, names, _diurnal(3, len(names)), T0)
+    cfg = BaselineConfig(days=14, metrics=("pps",))
+    now = T0 + 3 * 86400.0
+    whole = bl.compute(store, cfg, now)
+    monkeypatch.setattr(bl, "CHUNK_PREFIXES", 3)
+    parts = bl.compute(store, cfg, now)
+    key = ["prefix", "channel", "slot"]
+    a = whole.sort_values(key).reset_index(drop=True)
+    b = parts.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) > 0 and set(a["prefix"]) == set(names)
+    pd.testing.assert_frame_equal(a, b)
