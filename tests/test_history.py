@@ -4,6 +4,7 @@ backtest's agreement with the state machine (synthetic data; no shared assets)."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -268,3 +269,19 @@ def test_baselines_in_prefix_chunks_equal_all_at_once(
     b = parts.sort_values(key).reset_index(drop=True)
     assert len(a) == len(b) > 0 and set(a["prefix"]) == set(names)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_prefetch_keeps_order_and_raises_the_readers_error() -> None:
+    from divertor.backtest_cmd import _prefetch
+
+    assert list(_prefetch(iter(range(50)))) == list(range(50))  # type: ignore[arg-type]
+
+    def broken() -> Any:
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in _prefetch(broken()):
+            got.append(x)
+    assert got == [1]
