@@ -24,7 +24,29 @@ class _Server6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-class ApiServer:
+class ServerThread:
+    """A threading HTTP server (IPv4 or IPv6 by the host) served from a thread of its own;
+    ``port`` is the bound port, ``stop()`` ends it. The appliance's API uses it too."""
+
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], host: str, port: int, name: str
+    ) -> None:
+        cls = _Server6 if ":" in host else ThreadingHTTPServer
+        self.httpd = cls((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class ApiServer(ServerThread):
     def __init__(
         self,
         api: ApiHandler,
@@ -83,21 +105,7 @@ class ApiServer:
                     doc = {"version": state.version, "entries": len(state)}
                 self._send(200, doc)
 
-        cls = _Server6 if ":" in host else ThreadingHTTPServer
-        self.httpd = cls((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="allowlist-api", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, host, port, "allowlist-api")
 
 
 def start_api_server(

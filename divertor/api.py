@@ -16,13 +16,12 @@ import ipaddress
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
+from allowlist.http import ServerThread
 from bgp.engine import Engine
 from divertor.config import ApiConfig
 from divertor.metrics import render_metrics
@@ -192,11 +191,7 @@ def _text(doc: dict[str, Any], key: str, default: str, pattern: re.Pattern[str] 
     return value
 
 
-class _Server6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-class ApiServer:
+class ApiServer(ServerThread):
     """The handler on a threading HTTP server; ``port`` is the bound port."""
 
     def __init__(self, handler: ApiHandler, host: str, port: int) -> None:
@@ -230,19 +225,7 @@ class ApiServer:
                 body = self.rfile.read(int(length))
                 self._reply(api.handle("POST", self.path, self._token(), body))
 
-        cls = _Server6 if ":" in host else ThreadingHTTPServer
-        self.httpd = cls((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="api", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, host, port, "api")
 
 
 def start_api(daemon: DaemonView, cfg: ApiConfig) -> ApiServer:
