@@ -29,7 +29,7 @@ import numpy.typing as npt
 from detector.contracts import Status, Verdict
 from detector.prefixes import PrefixIndex
 from detector.rates import RateKeeper
-from detector.verdicts import EvalConfig, _runs
+from detector.verdicts import EvalConfig, _runs, trailing_averages
 from thresholds.model import CLASSES, METRICS, ThresholdSet
 
 if TYPE_CHECKING:  # pandas and scipy load with the first baselines, not with the detector
@@ -220,11 +220,8 @@ class AnomalyEvaluator:
             # each entry's members summed (covering entries include the entries inside)
             counts = np.add.reduceat(counts[:, self._pos], self._starts, axis=1)
         agg = counts if one else np.moveaxis(counts[:, np.arange(len(ent)), :, self._met], 0, 1)
-        a = cfg.average_bins
-        cum = np.concatenate([np.zeros((1, *agg.shape[1:])), np.cumsum(agg, axis=0)])
-        idx = np.arange(min(a, cum.shape[0] - 1), cum.shape[0])
-        rates = (cum[idx] - cum[np.maximum(idx - a, 0)]) / (a * self.keeper.config.bin_seconds)
-        return np.asarray(rates[-cfg.horizon_bins :])
+        rates = trailing_averages(agg, cfg.average_bins, self.keeper.config.bin_seconds)
+        return rates[-cfg.horizon_bins :]
 
     def combine(self, t: float, verdicts: list[Verdict]) -> list[Verdict]:
         """The static verdicts (in the order of ``ts.policies``) with the anomaly rules."""

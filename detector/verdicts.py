@@ -102,15 +102,14 @@ class Evaluator:
         )
         self._span = (0, 0)
         self._host_bins = np.zeros((0, 0, len(chans)))
+        #: each entry's peak over the horizon of its averaged rates, (E, C, M), of the last
+        #: evaluation (what /status and /metrics show)
+        self.peak = np.zeros((e, len(CLASSES), len(METRICS)))
 
     def _averages(self, counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Trailing averages (per second) of the last ``horizon`` bins of ``counts``."""
-        a, h = self.config.average_bins, self.config.horizon_bins
-        cum = np.cumsum(counts, axis=0)
-        cum = np.concatenate([np.zeros((1, *cum.shape[1:])), cum])
-        idx = np.arange(min(a, cum.shape[0] - 1), cum.shape[0])
-        out = (cum[idx] - cum[np.maximum(idx - a, 0)]) / (a * self.keeper.config.bin_seconds)
-        return out[-h:]
+        cfg = self.config
+        out = trailing_averages(counts, cfg.average_bins, self.keeper.config.bin_seconds)
+        return out[-cfg.horizon_bins :]
 
     def evaluate(self, t: float) -> list[Verdict]:
         cfg = self.config
@@ -120,6 +119,8 @@ class Evaluator:
         counts = self.keeper.prefix.counts(start, end)
         agg = np.stack([counts[:, m].sum(axis=1) for m in self.index.members], axis=1)
         avg = self._averages(agg)  # (h, E, C, M)
+        if avg.shape[0]:
+            self.peak = np.maximum(avg.max(axis=0), 0.0)
         over = avg > self.limits  # NaN limits compare False
         ratio = np.where(over, avg / self.limits, 0.0)
         above_clear = avg > self.limits * self.clear[:, None, None]
@@ -295,6 +296,17 @@ class Evaluator:
             if port in AMPLIFICATION_NAMES:
                 return f"amplification_{AMPLIFICATION_NAMES[port]}"
         return vector
+
+
+def trailing_averages(
+    counts: npt.NDArray[np.float64], average_bins: int, bin_seconds: float
+) -> npt.NDArray[np.float64]:
+    """Trailing averages (per second) over ``average_bins`` bins along axis 0 of ``counts``,
+    for every bin from the ``average_bins``-th on (all of them if there are fewer)."""
+    a = average_bins
+    cum = np.concatenate([np.zeros((1, *counts.shape[1:])), np.cumsum(counts, axis=0)])
+    idx = np.arange(min(a, cum.shape[0] - 1), cum.shape[0])
+    return np.asarray((cum[idx] - cum[np.maximum(idx - a, 0)]) / (a * bin_seconds))
 
 
 def _runs(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from allowlist.http import ServerThread
 from bgp.engine import Engine
+from collector.sources.udp import parse_listen
 from divertor.config import ApiConfig
 from divertor.metrics import render_metrics
 from divertor.report import export
@@ -229,10 +230,10 @@ class ApiServer(ServerThread):
 
 
 def start_api(daemon: DaemonView, cfg: ApiConfig) -> ApiServer:
-    host, _, port = cfg.listen.rpartition(":")
-    server = ApiServer(ApiHandler(daemon, read_token(cfg.token_file)), host.strip("[]"), int(port))
+    host, port = parse_listen(cfg.listen)
+    server = ApiServer(ApiHandler(daemon, read_token(cfg.token_file)), host, port)
     server.thread.start()
-    where = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    where = f"[{host}]" if ":" in host else host
     log.info(
         "API on http://%s:%d/ (writes %s)", where, server.port, "on" if cfg.token_file else "off"
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from allowlist.config import AllowlistConfig
 from collector.decoder import DecoderConfig
+from collector.sources.udp import parse_listen
 from divertor import typedyaml
 
 
@@ -198,10 +199,8 @@ class ApiConfig:
 
     def __post_init__(self) -> None:
         if self.listen:
-            host, sep, port = self.listen.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-                raise ValueError(f"listen {self.listen!r}: expected host:port or [v6]:port")
-            _address(host.strip("[]"), "listen")
+            host, _ = parse_listen(self.listen)
+            _address(host, "listen")
         if self.token_file is not None:
             _plain(self.token_file, "token_file")
 

@@ -312,27 +312,15 @@ class Daemon:
             self.writer.talkers(self.pipe.talkers)
             self.pipe.talkers = []
         if self.pipe.next_eval != before and self.pipe.next_eval is not None:
-            self._rates(self.pipe.next_eval - self.ts.bin_seconds)
+            self._rates()
 
-    def _rates(self, t: float) -> None:
+    def _rates(self) -> None:
         """Each prefix's rates for /status and /metrics: the peak, over the detector's
-        horizon, of the rolling average the verdicts use. Records arrive up to an active
-        timeout after their packets, so the newest bins are always short; the peak over
-        the horizon is what the verdicts compare with the thresholds."""
-        k, ev = self.pipe.keeper, self.pipe.evaluator
-        if not k.started:
-            return
-        end = min(k.row_of_time(t), k.config.window_bins)
-        a, h = ev.config.average_bins, ev.config.horizon_bins
-        if end < 1:
-            return
-        counts = k.prefix.counts(max(0, end - h - a), end)  # (bins, rows, C, M)
-        agg = np.stack([counts[:, m].sum(axis=1) for m in k.index.members], axis=1)
-        cum = np.concatenate([np.zeros((1, *agg.shape[1:])), np.cumsum(agg, axis=0)])
-        span = min(a, agg.shape[0])
-        avg = (cum[span:] - cum[:-span]) / (span * k.config.bin_seconds)
-        peak = np.maximum(avg.max(axis=0), 0.0)  # (E, C, M)
-        rates = {str(n): peak[i] for i, n in enumerate(k.index.networks)}
+        horizon, of the rolling average the verdicts use (kept by the evaluator). Records
+        arrive up to an active timeout after their packets, so the newest bins are always
+        short; the peak over the horizon is what the verdicts compare with the thresholds."""
+        peak = self.pipe.evaluator.peak
+        rates = {str(n): peak[i] for i, n in enumerate(self.pipe.index.networks)}
         with self.lock:
             self.rates = rates
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.sources.pcap import PcapError, PcapReader
+from collector.sources.udp import parse_listen
 
 _U32 = struct.Struct("!I")
 #: a slice ends once the capture is this far past its end (tolerates slightly unordered frames)
@@ -104,27 +105,19 @@ def add_parser(sub: Any) -> None:
 
 # ---------------------------------------------------------------------- pure parts
 def parse_target(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` to (IP address text, port); ValueError if bad."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"--to {text!r}: expected host:port or [v6]:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"--to {text!r}: {host!r} is not an IPv6 address") from None
-    elif ":" in host:
-        raise ValueError(f"--to {text!r}: an IPv6 address must be bracketed: [addr]:port")
+    """``host:port`` or ``[v6]:port`` to (IP address text, port); ValueError if bad. The
+    split is the collector's (``parse_listen``); a target also needs a host and a port > 0."""
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--to {text!r}: bad port {port_text!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--to {text!r}: port {port} out of range 1-65535")
+        host, port = parse_listen(text)
+    except ValueError as e:
+        raise ValueError(f"--to {text!r}: {e}") from None
+    if text.startswith(":") or port == 0:
+        raise ValueError(f"--to {text!r}: expected host:port or [v6]:port, port 1-65535")
     try:
         ipaddress.ip_address(host)
     except ValueError:
+        if text.startswith("["):
+            raise ValueError(f"--to {text!r}: {host!r} is not an IPv6 address") from None
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except (socket.gaierror, UnicodeError) as e:
